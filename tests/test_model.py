@@ -1,0 +1,197 @@
+"""Tests of vae_utils.model: shapes, parameter counts, config round trips, batch independence, input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from vae_utils.elbo import elbo
+from vae_utils.model import ConvVAE, FCVAE
+
+MODELS = [(cls, likelihood) for cls in (ConvVAE, FCVAE) for likelihood in ("bernoulli", "logistic_mixture")]
+IDS = [f"{cls.__name__}-{likelihood}" for cls, likelihood in MODELS]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make(cls, likelihood, seed: int = 0, **kwargs):
+    with torch.random.fork_rng():  # repeatable initial weights, global RNG state left as it was
+        torch.manual_seed(seed)
+        return cls(likelihood=likelihood, **kwargs)
+
+
+def images(likelihood: str, n: int = 4, seed: int = 0) -> torch.Tensor:
+    """Random (n, 1, 28, 28) images in the form the likelihood expects: binary, or 8-bit k/255."""
+    u = torch.rand(n, 1, 28, 28, generator=gen(seed))
+    return (u < 0.3).float() if likelihood == "bernoulli" else (255 * u**3).round() / 255
+
+
+def linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def conv(c_in: int, c_out: int, k: int) -> int:  # Conv2d and ConvTranspose2d alike
+    return c_in * c_out * k * k + c_out
+
+
+def test_parameter_counts():
+    d, (c1, c2), h, k = 32, (32, 64), 256, 5
+    shared = conv(1, c1, 4) + conv(c1, c2, 4) + linear(c2 * 49, h) + linear(h, 2 * d)  # encoder
+    shared += linear(d, h) + linear(h, c2 * 49) + conv(c2, c1, 4)  # decoder up to 14x14
+    assert ConvVAE().num_parameters() == shared + conv(c1, 1, 4) == 1_700_609
+    mixture = shared + conv(c1, c1, 4) + conv(c1, c1, 3) + conv(c1, 3 * k, 1)
+    assert ConvVAE(likelihood="logistic_mixture").num_parameters() == mixture
+    fc = linear(784, 400) + linear(400, 2 * 20) + linear(20, 400)
+    assert FCVAE().num_parameters() == fc + linear(400, 784)
+    assert FCVAE(likelihood="logistic_mixture", n_components=2).num_parameters() == fc + linear(400, 6 * 784)
+
+
+@pytest.mark.parametrize("cls, likelihood", MODELS, ids=IDS)
+def test_forward_shapes(cls, likelihood):
+    model = make(cls, likelihood, n_components=3)
+    out = model(images(likelihood, n=5), generator=gen(0))
+    d = model.latent_dim
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "mu": (5, d),
+        "logvar": (5, d),
+        "z": (5, d),
+        "params": (5, 1 if likelihood == "bernoulli" else 9, 28, 28),
+    }
+    assert model.likelihood == likelihood
+
+
+@pytest.mark.parametrize("cls", [ConvVAE, FCVAE])
+def test_no_batchnorm(cls):
+    for likelihood in ("bernoulli", "logistic_mixture"):
+        modules = list(cls(likelihood=likelihood).modules())
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules)
+        assert not any("Norm" in type(m).__name__ for m in modules)
+
+
+@pytest.mark.parametrize("cls, likelihood", MODELS, ids=IDS)
+def test_config_round_trip(cls, likelihood):
+    kwargs = {"latent_dim": 7, "hidden_dim": 33, "n_components": 2}
+    if cls is ConvVAE:
+        kwargs["channels"] = (8, 16)
+    model = make(cls, likelihood, **kwargs)
+    assert model.config == {**kwargs, "likelihood": likelihood}
+    x = images(likelihood)
+    for config in (model.config, json.loads(json.dumps(model.config))):  # as a trainer would store it
+        rebuilt = type(model)(**config)
+        rebuilt.load_state_dict(model.state_dict())
+        assert rebuilt.config == model.config
+        for a, b in zip(model(x, generator=gen(1)).values(), rebuilt(x, generator=gen(1)).values(), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls, likelihood", MODELS, ids=IDS)
+def test_sample_and_reconstruct(cls, likelihood):
+    model = make(cls, likelihood)
+    for mean in (False, True):
+        x = model.sample(6, generator=gen(0), mean=mean)
+        assert x.shape == (6, 1, 28, 28) and (x >= 0).all() and (x <= 1).all() and not x.requires_grad
+        assert torch.equal(x, model.sample(6, generator=gen(0), mean=mean))  # the generator decides everything
+    x = model.sample(6, generator=gen(0))
+    if likelihood == "bernoulli":
+        assert ((x == 0) | (x == 1)).all()
+    else:
+        assert ((x * 255 - (x * 255).round()).abs() < 1e-4).all()
+    reconstruction = model.reconstruct(images(likelihood))
+    assert reconstruction.shape == (4, 1, 28, 28) and (reconstruction >= 0).all() and (reconstruction <= 1).all()
+    assert torch.equal(reconstruction, model.reconstruct(images(likelihood)))  # deterministic
+
+
+@pytest.mark.parametrize("cls, likelihood", MODELS, ids=IDS)
+def test_batch_independence(cls, likelihood):
+    model = make(cls, likelihood)
+    x = images(likelihood, n=8)
+    mu, logvar = model.encode(x)
+    params = model.decode(mu)
+    for i in (0, 5):
+        mu_i, logvar_i = model.encode(x[i : i + 1])
+        torch.testing.assert_close(mu_i, mu[i : i + 1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logvar_i, logvar[i : i + 1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.decode(mu[i : i + 1]), params[i : i + 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, likelihood", MODELS, ids=IDS)
+def test_a_few_optimizer_steps_lower_the_loss(cls, likelihood):
+    model = make(cls, likelihood)
+    x = images(likelihood, n=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = gen(0)
+
+    def loss(generator):
+        return elbo(model, x, generator=generator)["loss"].mean()
+
+    before = loss(gen(1)).item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss(generator).backward()
+        optimizer.step()
+    after = loss(gen(1)).item()
+    assert after < 0.95 * before, (before, after)
+
+
+BAD_X = [
+    (
+        torch.zeros(28, 28, dtype=torch.uint8),
+        TypeError,
+        r"tensor of shape \(B, 1, 28, 28\) in \[0, 1\]; got torch.uint8 of shape \(28, 28\).*to_tensor",
+    ),
+    (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), TypeError, "got torch.uint8"),
+    (torch.zeros(2, 1, 28, 28, dtype=torch.float64), TypeError, "expected a torch.float32 tensor.*got torch.float64"),
+    (torch.zeros(2, 28, 28), ValueError, r"got torch.float32 of shape \(2, 28, 28\)"),
+    (torch.zeros(2, 1, 32, 32), ValueError, r"got torch.float32 of shape \(2, 1, 32, 32\)"),
+    (torch.full((2, 1, 28, 28), 255.0), ValueError, r"in \[0, 1\]; got values from 255 to 255"),
+    (torch.full((2, 1, 28, 28), -0.5), ValueError, r"in \[0, 1\]; got values from -0.5"),
+    (torch.full((2, 1, 28, 28), float("nan")), ValueError, r"in \[0, 1\]"),
+    ([[0.0]], TypeError, "got list"),
+]
+
+
+@pytest.mark.parametrize("cls", [ConvVAE, FCVAE])
+@pytest.mark.parametrize("x, error, match", BAD_X)
+def test_bad_x(cls, x, error, match):
+    model = cls()
+    for call in (model.encode, model, model.reconstruct):
+        with pytest.raises(error, match=match):
+            call(x)
+
+
+@pytest.mark.parametrize("cls", [ConvVAE, FCVAE])
+def test_bad_z_and_n(cls):
+    model = cls(latent_dim=8)
+    with pytest.raises(ValueError, match=r"z must be a torch.float32 tensor of shape \(B, 8\), got shape \(3, 7\)"):
+        model.decode(torch.zeros(3, 7))
+    with pytest.raises(ValueError, match=r"shape \(B, 8\), got shape \(8,\)"):
+        model.decode(torch.zeros(8))
+    with pytest.raises(TypeError, match="z must be a torch.float32 tensor .* got torch.int64"):
+        model.decode(torch.zeros(3, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
+        model.sample(0)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (ConvVAE, {"latent_dim": 0}, "latent_dim must be a positive int, got 0"),
+        (FCVAE, {"latent_dim": 2.5}, "latent_dim must be a positive int, got 2.5"),
+        (FCVAE, {"hidden_dim": -1}, "hidden_dim must be a positive int, got -1"),
+        (ConvVAE, {"hidden_dim": True}, "hidden_dim must be a positive int, got True"),
+        (ConvVAE, {"channels": (32,)}, r"channels must be two ints .* got \(32,\)"),
+        (ConvVAE, {"channels": "ab"}, "channels must be two ints"),
+        (ConvVAE, {"channels": (32, 0)}, r"channels\[1\] must be a positive int, got 0"),
+        (ConvVAE, {"likelihood": "gaussian"}, "unknown likelihood 'gaussian'; choose one of bernoulli, logistic_mix"),
+        (FCVAE, {"likelihood": "Bernoulli"}, "choose one of bernoulli, logistic_mixture"),
+        (FCVAE, {"likelihood": "logistic_mixture", "n_components": 0}, "n_components must be a positive int, got 0"),
+    ],
+)
+def test_bad_constructor_args(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)

@@ -1,0 +1,178 @@
+"""The VAEs of the book: a convolutional VAE and the classic fully connected one (Chapter 2).
+
+Both map ``x: (B, 1, 28, 28) float in [0, 1]`` to a diagonal Gaussian posterior ``(mu, logvar): (B, D)`` and a
+latent ``z: (B, D)`` to the parameters of p(x | z), whose likelihoods live in :mod:`vae_utils.elbo`:
+
+- ``likelihood="bernoulli"``: logits ``(B, 1, 28, 28)`` for binarized images;
+- ``likelihood="logistic_mixture"``: ``(B, 3 * n_components, 28, 28)`` for 8-bit images.
+
+There is no BatchNorm anywhere: it couples the examples of a batch, and evaluation and coding must see one
+image at a time, with the same result as in any batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vae_utils.elbo import LIKELIHOODS, _check_positive_int, likelihood_mean, likelihood_sample, reparameterize
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+class VAE(nn.Module):
+    """What both VAEs share: input checks, ``forward``, ``sample``, ``reconstruct``, ``config``.
+
+    A subclass builds ``self.encoder`` (x -> ``(B, 2D)``, mu then logvar) and ``self.decoder`` (z -> params).
+    """
+
+    def __init__(self, latent_dim: int, likelihood: str, n_components: int) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.likelihood = likelihood
+        self.n_components = _check_positive_int("n_components", n_components)
+        self.out_channels = 1 if likelihood == "bernoulli" else 3 * n_components
+
+    @property
+    def config(self) -> dict:
+        """The constructor's arguments: ``type(model)(**model.config)`` rebuilds the same architecture."""
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        """How many numbers the weights hold (all parameters are trained)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_x(self, x: object) -> torch.Tensor:
+        dtype = next(self.parameters()).dtype
+        expected = f"expected a {dtype} tensor of shape (B, 1, 28, 28) in [0, 1]"
+        hint = "make x from uint8 images with vae_utils.data.to_tensor"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{expected}; got {type(x).__name__} - {hint}")
+        if x.dtype != dtype or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+            error = TypeError if x.dtype != dtype else ValueError
+            raise error(f"{expected}; got {x.dtype} of shape {tuple(x.shape)} - {hint}")
+        if not ((x >= 0) & (x <= 1)).all():
+            raise ValueError(f"{expected}; got values from {x.min().item():.4g} to {x.max().item():.4g} - {hint}")
+        return x
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: (B, 1, 28, 28)`` in [0, 1] -> ``(mu, logvar)``, each ``(B, latent_dim)``."""
+        mu, logvar = self.encoder(self._check_x(x)).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z: (B, latent_dim)`` -> the parameters of p(x | z), ``(B, 1 or 3K, 28, 28)``."""
+        dtype = next(self.parameters()).dtype
+        expected = f"z must be a {dtype} tensor of shape (B, {self.latent_dim})"
+        if not isinstance(z, torch.Tensor) or z.dtype != dtype:
+            raise TypeError(f"{expected}, got {z.dtype if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"{expected}, got shape {tuple(z.shape)}")
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``{"mu", "logvar", "z", "params"}`` with one ``z ~ q(z | x)`` per image."""
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator)
+        return {"mu": mu, "logvar": logvar, "z": z, "params": self.decode(z)}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        """``n`` new images ``(n, 1, 28, 28)`` in [0, 1]: z ~ N(0, I), then x ~ p(x | z) (or its mean)."""
+        p = next(self.parameters())
+        shape = (_check_positive_int("n", n), self.latent_dim)
+        params = self.decode(torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device))
+        if mean:
+            return likelihood_mean(self.likelihood, params)
+        return likelihood_sample(self.likelihood, params, generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x | z = mu(x)), ``(B, 1, 28, 28)`` in [0, 1]: a deterministic reconstruction."""
+        return likelihood_mean(self.likelihood, self.decode(self.encode(x)[0]))
+
+
+class ConvVAE(VAE):
+    """Two stride-2 4x4 convolutions (28 -> 14 -> 7), one hidden dense layer, and the mirror image to decode.
+
+    ReLU throughout, as in pytorch/examples. For ``"logistic_mixture"`` the decoder ends at full resolution
+    with a 3x3 convolution and a 1x1 output head: 3K numbers per pixel need more than a linear read-out.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        channels: Sequence[int] = (32, 64),
+        hidden_dim: int = 256,
+        likelihood: str = "bernoulli",
+        n_components: int = 5,
+    ) -> None:
+        super().__init__(latent_dim, likelihood, n_components)
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 2:
+            raise ValueError(f"channels must be two ints (after the 1st and 2nd convolution), got {channels!r}")
+        c1, c2 = (_check_positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
+        self.channels, self.hidden_dim = (c1, c2), _check_positive_int("hidden_dim", hidden_dim)
+        flat = c2 * 7 * 7
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+            nn.Flatten(),
+            nn.Linear(flat, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 2 * latent_dim),
+        )  # fmt: skip
+        if likelihood == "bernoulli":
+            head = [nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1)]  # 14 -> 28
+        else:
+            head = [
+                nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 28
+                nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(c1, self.out_channels, 1),
+            ]  # fmt: skip
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, flat), nn.ReLU(),
+            nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
+            *head,
+        )  # fmt: skip
+
+    @property
+    def config(self) -> dict:
+        return {
+            "latent_dim": self.latent_dim,
+            "channels": self.channels,
+            "hidden_dim": self.hidden_dim,
+            "likelihood": self.likelihood,
+            "n_components": self.n_components,
+        }
+
+
+class FCVAE(VAE):
+    """The classic 784-400-20 VAE of Kingma & Welling (2014), as in pytorch/examples ``vae/main.py``."""
+
+    def __init__(
+        self, latent_dim: int = 20, hidden_dim: int = 400, likelihood: str = "bernoulli", n_components: int = 5
+    ) -> None:
+        super().__init__(latent_dim, likelihood, n_components)
+        self.hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(28 * 28, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 2 * latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, self.out_channels * 28 * 28),
+            nn.Unflatten(1, (self.out_channels, 28, 28)),
+        )  # fmt: skip
+
+    @property
+    def config(self) -> dict:
+        return {
+            "latent_dim": self.latent_dim,
+            "hidden_dim": self.hidden_dim,
+            "likelihood": self.likelihood,
+            "n_components": self.n_components,
+        }
