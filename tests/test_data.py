@@ -289,3 +289,14 @@ def test_load_torchvision_missing_without_download(tmp_path):
 def test_load_torchvision_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'SVHN'.*FashionMNIST"):
         data.load_torchvision("SVHN", tmp_path)
+
+
+def test_split_tensor_kinds(mnist):
+    grey = data.split_tensor("validation", "8bit", data=mnist)
+    binary = data.split_tensor("validation", "binarized", data=mnist)
+    assert grey.shape == binary.shape == (10_000, 1, 28, 28)
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(binary, data.split_tensor("validation", "binarized", data=mnist))  # static
+    torch.testing.assert_close(grey * 255, (grey * 255).round())
+    with pytest.raises(ValueError, match="unknown data kind 'binary'.*binarized, 8bit"):
+        data.split_tensor("test", "binary", data=mnist)

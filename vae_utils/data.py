@@ -23,6 +23,9 @@ VALIDATION_SIZE = 10_000
 """Images held out of the 60,000 official training images: the classic 50k/10k choice, large enough that the
 standard error of a validation -ELBO (per-image spread ~25 nats / sqrt(10,000)) is about a quarter of a nat."""
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10")
+KINDS = ("binarized", "8bit")
+STATIC_BINARIZATION_SEED = 0
+"""The one seed that binarizes the validation and test images for every binarized-MNIST number in the book."""
 
 
 class DataFileError(RuntimeError):
@@ -183,6 +186,18 @@ def to_tensor(images: np.ndarray, max_value: int = 255) -> torch.Tensor:
             "pass max_value=255 for grey-level images"
         )
     return torch.from_numpy(images.astype(np.float32) / max_value).unsqueeze(1)
+
+
+def split_tensor(name: str, kind: str, seed: int = 0, data: MNIST | None = None) -> torch.Tensor:
+    """A split as model input ``(N, 1, 28, 28) float``: ``kind="8bit"`` gives grey levels k/255; ``"binarized"``
+    gives the static stochastic binarization with :data:`STATIC_BINARIZATION_SEED`, the same images every time.
+    ``seed`` is the train/validation split seed."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r}; choose one of {', '.join(KINDS)}")
+    images = get_split(name, seed=seed, data=data).images
+    if kind == "8bit":
+        return to_tensor(images)
+    return to_tensor(binarize_stochastic(images, seed=STATIC_BINARIZATION_SEED), max_value=1)
 
 
 def hash_images(images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,218 @@
+"""Tests for vae_utils.train: the loop, resume, atomic checkpoints, the NaN guard, safe loading and the CLI."""
+
+import csv
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vae_utils import train
+from vae_utils.model import ConvVAE, FCVAE
+
+TINY = {"latent_dim": 4, "channels": (4, 8), "hidden_dim": 16, "batch_size": 64, "train_subset": 512,
+        "val_subset": 300, "progress": False}  # fmt: skip
+
+
+def tiny_config(tmp_path, **overrides) -> train.TrainConfig:
+    return train.TrainConfig(**{**TINY, "epochs": 3, "out": str(tmp_path / "run"), **overrides})
+
+
+def test_training_lowers_the_loss_and_writes_its_files(tmp_path):
+    config = tiny_config(tmp_path, epochs=4, lr=3e-3)
+    history = train.Trainer(config).fit()
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["val_nelbo"] < history[0]["val_nelbo"] - 20
+    assert history[-1]["train_nelbo"] < history[0]["train_nelbo"]
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.json", "log.csv", "last.pt", "best.pt"}
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 4 and float(rows[-1]["val_nelbo"]) == pytest.approx(history[-1]["val_nelbo"])
+    assert train.TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+
+
+def test_training_is_reproducible(tmp_path):
+    a = train.Trainer(tiny_config(tmp_path / "a", epochs=1)).fit()
+    b = train.Trainer(tiny_config(tmp_path / "b", epochs=1)).fit()
+    assert a[0]["val_nelbo"] == b[0]["val_nelbo"] and a[0]["train_nelbo"] == b[0]["train_nelbo"]
+
+
+@pytest.mark.parametrize("data_kind", ["binarized", "8bit"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, data_kind):
+    extra = {"data": data_kind, "kl_warmup_epochs": 1.5, "n_components": 2}
+    straight = train.Trainer(tiny_config(tmp_path / "straight", **extra))
+    straight.fit()
+    interrupted = train.Trainer(tiny_config(tmp_path / "resumed", **extra))
+    interrupted.fit(stop_after=2)
+    resumed = train.Trainer(tiny_config(tmp_path / "resumed", **extra), resume=tmp_path / "resumed" / "run" / "last.pt")
+    assert resumed.epoch == 2
+    resumed.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    train.Trainer(config).fit()
+    with pytest.raises(train.CheckpointError, match="different config.*lr"):
+        train.Trainer(tiny_config(tmp_path, epochs=2, lr=0.1), resume=tmp_path / "run" / "last.pt")
+    with pytest.raises(train.CheckpointError, match="weights only.*last.pt"):
+        train.Trainer(tiny_config(tmp_path, epochs=2), resume=tmp_path / "run" / "best.pt")
+
+
+def test_kl_warmup_ramps_beta(tmp_path):
+    trainer = train.Trainer(tiny_config(tmp_path, kl_warmup_epochs=2, beta=0.5))
+    steps = len(trainer.batches)
+    assert trainer.beta_at(0) == pytest.approx(0.5 / (2 * steps))
+    assert trainer.beta_at(steps - 1) == pytest.approx(0.25)
+    assert trainer.beta_at(10 * steps) == 0.5
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+    trainer = train.Trainer(tiny_config(tmp_path))
+    with torch.no_grad():
+        trainer.model.encoder[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(train.TrainingDivergedError, match="became nan at epoch 1, step 1.*--lr"):
+        trainer.fit()
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    train.save_atomic({"a": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # like a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"a": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("model", [ConvVAE(latent_dim=3, channels=(2, 4), hidden_dim=8), FCVAE(latent_dim=3, hidden_dim=8)])
+def test_checkpoint_round_trip(tmp_path, model):
+    train.save_atomic(train.make_checkpoint(model), tmp_path / "m.pt")
+    loaded, checkpoint = train.load_checkpoint(tmp_path / "m.pt")
+    assert type(loaded) is type(model) and not loaded.training
+    x = torch.rand(2, 1, 28, 28).round()
+    torch.testing.assert_close(loaded.encode(x), model.encode(x), rtol=0, atol=0)
+    assert checkpoint["versions"]["torch"] == str(torch.__version__)
+
+
+class NotAllowed:
+    """An arbitrary class: unpickling it could run code, so weights_only loading must refuse it."""
+
+
+def _valid_checkpoint(tmp_path):
+    path = tmp_path / "good.pt"
+    train.save_atomic(train.make_checkpoint(ConvVAE(latent_dim=3, channels=(2, 4), hidden_dim=8)), path)
+    return path, torch.load(path, weights_only=True)
+
+
+def test_refuses_files_that_are_not_checkpoints(tmp_path):
+    path, checkpoint = _valid_checkpoint(tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a torch file" * 10)
+    with pytest.raises(train.CheckpointError, match="not a readable vae_utils checkpoint"):
+        train.load_checkpoint(garbage)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(train.CheckpointError, match="not a readable"):
+        train.load_checkpoint(truncated)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({**checkpoint, "extra": NotAllowed()}, unsafe)
+    with pytest.raises(train.CheckpointError, match="Unsupported global"):
+        train.load_checkpoint(unsafe)
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": checkpoint["state_dict"]}, plain)
+    with pytest.raises(train.CheckpointError, match="not a vae_utils checkpoint"):
+        train.load_checkpoint(plain)
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps({"format": "vae_utils.checkpoint"}))
+    with pytest.raises(train.CheckpointError):
+        train.load_checkpoint(pickled)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        train.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (lambda c: c["model_config"].update(latent_dim=5), "do not match the stored model config"),
+        (lambda c: c["state_dict"].pop("decoder.0.bias"), "do not match"),
+        (lambda c: c["state_dict"].update({"decoder.0.bias": torch.zeros(99)}), "do not match"),
+        (lambda c: c.update(model_class="Transformer"), "unknown model class"),
+        (lambda c: c.update(version=99), "version 99"),
+        (lambda c: c["model_config"].update(likelihood="gaussian"), "do not match"),
+    ],
+)
+def test_refuses_tampered_checkpoints(tmp_path, tamper, match):
+    _, checkpoint = _valid_checkpoint(tmp_path)
+    tamper(checkpoint)
+    torch.save(checkpoint, tmp_path / "tampered.pt")
+    with pytest.raises(train.CheckpointError, match=match):
+        train.load_checkpoint(tmp_path / "tampered.pt")
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [({"data": "color"}, "data must be one of"), ({"epochs": 0}, "epochs must be a positive int"),
+     ({"lr": float("nan")}, "lr must be"), ({"train_subset": -1}, "train_subset"), ({"epoch": 3}, "unknown config keys")],
+)  # fmt: skip
+def test_bad_config_values(values, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig.from_dict(values)
+
+
+def test_pick_device():
+    assert train.pick_device("cpu") == torch.device("cpu")
+    assert train.pick_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train.pick_device("cuda")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vae_utils.train", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_help_explains_every_flag():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed"):
+        assert flag in result.stdout
+    assert "dynamic binarization" in result.stdout
+
+
+def test_cli_one_epoch_then_resume(tmp_path):
+    flags = ["--latent-dim", "4", "--channels", "4", "8", "--hidden-dim", "16", "--train-subset", "256",
+             "--val-subset", "200", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "cli")]  # fmt: skip
+    first = _cli("--epochs", "1", *flags)
+    assert first.returncode == 0, first.stderr
+    assert "done: best validation -ELBO" in first.stdout
+    second = _cli("--resume", str(tmp_path / "cli" / "last.pt"), "--epochs", "2", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    assert "from epoch 1 to 2" in second.stdout
+    assert len(list(csv.DictReader(open(tmp_path / "cli" / "log.csv")))) == 2
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1, "data": "8bit", "model": "fc", "hidden_dim": 8,
+                                                      "train_subset": 128, "val_subset": 100, "out": str(tmp_path / "c2")}))  # fmt: skip
+    third = _cli("--config", str(tmp_path / "config.json"), "--no-progress")
+    assert third.returncode == 0, third.stderr
+    assert "FCVAE" in third.stdout and "8bit" in third.stdout
+
+
+def test_cli_bad_input_gives_a_one_line_error(tmp_path):
+    bad = _cli("--epochs", "0", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: epochs must be a positive int")
+    missing = _cli("--resume", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    (tmp_path / "broken.json").write_text("{not json")
+    broken = _cli("--config", str(tmp_path / "broken.json"))
+    assert broken.returncode != 0 and "cannot read --config" in broken.stderr
