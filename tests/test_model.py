@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
 from vae_utils.elbo import elbo
-from vae_utils.model import ConvVAE, FCVAE
+from vae_utils.model import CheckpointError, ConvVAE, FCVAE, load_checkpoint, make_checkpoint, save_atomic
 
 MODELS = [(cls, likelihood) for cls in (ConvVAE, FCVAE) for likelihood in ("bernoulli", "logistic_mixture")]
 IDS = [f"{cls.__name__}-{likelihood}" for cls, likelihood in MODELS]
@@ -195,3 +196,88 @@ def test_bad_z_and_n(cls):
 def test_bad_constructor_args(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"a": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # like a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"a": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("model", [ConvVAE(latent_dim=3, channels=(2, 4), hidden_dim=8), FCVAE(latent_dim=3, hidden_dim=8)])
+def test_checkpoint_round_trip(tmp_path, model):
+    save_atomic(make_checkpoint(model), tmp_path / "m.pt")
+    loaded, checkpoint = load_checkpoint(tmp_path / "m.pt")
+    assert type(loaded) is type(model) and not loaded.training
+    x = torch.rand(2, 1, 28, 28).round()
+    torch.testing.assert_close(loaded.encode(x), model.encode(x), rtol=0, atol=0)
+    assert checkpoint["versions"]["torch"] == str(torch.__version__)
+
+
+class NotAllowed:
+    """An arbitrary class: unpickling it could run code, so weights_only loading must refuse it."""
+
+
+def _valid_checkpoint(tmp_path):
+    path = tmp_path / "good.pt"
+    save_atomic(make_checkpoint(ConvVAE(latent_dim=3, channels=(2, 4), hidden_dim=8)), path)
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_refuses_files_that_are_not_checkpoints(tmp_path):
+    path, checkpoint = _valid_checkpoint(tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a torch file" * 10)
+    with pytest.raises(CheckpointError, match="not a readable vae_utils checkpoint"):
+        load_checkpoint(garbage)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(truncated)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({**checkpoint, "extra": NotAllowed()}, unsafe)
+    with pytest.raises(CheckpointError, match="Unsupported global"):
+        load_checkpoint(unsafe)
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": checkpoint["state_dict"]}, plain)
+    with pytest.raises(CheckpointError, match="not a vae_utils checkpoint"):
+        load_checkpoint(plain)
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps({"format": "vae_utils.checkpoint"}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(pickled)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (lambda c: c["model_config"].update(latent_dim=5), "do not match the stored model config"),
+        (lambda c: c["state_dict"].pop("decoder.0.bias"), "do not match"),
+        (lambda c: c["state_dict"].update({"decoder.0.bias": torch.zeros(99)}), "do not match"),
+        (lambda c: c.update(model_class="Transformer"), "unknown model class"),
+        (lambda c: c.update(version=99), "version 99"),
+        (lambda c: c["model_config"].update(likelihood="gaussian"), "do not match"),
+    ],
+)
+def test_refuses_tampered_checkpoints(tmp_path, tamper, match):
+    _, checkpoint = _valid_checkpoint(tmp_path)
+    tamper(checkpoint)
+    torch.save(checkpoint, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "tampered.pt")

@@ -1,4 +1,5 @@
-"""The VAEs of the book: a convolutional VAE and the classic fully connected one (Chapter 2).
+"""The VAEs of the book: a convolutional VAE and the classic fully connected one (Chapter 2), and their
+checkpoints on disk (weights + config, written atomically, read safely with ``weights_only=True``).
 
 Both map ``x: (B, 1, 28, 28) float in [0, 1]`` to a diagonal Gaussian posterior ``(mu, logvar): (B, D)`` and a
 latent ``z: (B, D)`` to the parameters of p(x | z), whose likelihoods live in :mod:`vae_utils.elbo`:
@@ -12,14 +13,25 @@ image at a time, with the same result as in any batch.
 
 from __future__ import annotations
 
+import os
+import platform
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from vae_utils import __version__
 from vae_utils.elbo import LIKELIHOODS, _check_positive_int, likelihood_mean, likelihood_sample, reparameterize
 
 IMAGE_SHAPE = (1, 28, 28)
+CHECKPOINT_FORMAT = "vae_utils.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a vae_utils checkpoint, or whose weights do not fit the model it describes."""
 
 
 class VAE(nn.Module):
@@ -176,3 +188,78 @@ class FCVAE(VAE):
             "likelihood": self.likelihood,
             "n_components": self.n_components,
         }
+
+
+# ------------------------------------------------------------------------------------------ checkpoints on disk
+
+
+def library_versions() -> dict[str, str]:
+    return {"vae_utils": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(model: VAE, train_config: dict | None = None, **extra) -> dict:
+    """A checkpoint dict: weights, the model's class and config, the training config and library versions."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_class": type(model).__name__,
+        "model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_config": train_config,
+        "versions": library_versions(),
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (``weights_only=True``) and check that it is one; no model is built."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a zip, truncated, or holds objects that are unsafe to unpickle
+        lines = str(error).splitlines() or [""]
+        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise CheckpointError(f"{path} is not a readable vae_utils checkpoint ({type(error).__name__}: {detail})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a torch file but not a vae_utils checkpoint (no format {CHECKPOINT_FORMAT!r})")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {checkpoint.get('version')!r}; this vae_utils reads version "
+            f"{CHECKPOINT_VERSION}. Use the vae_utils version that wrote it: {checkpoint.get('versions')}"
+        )
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
+    """The model stored in a checkpoint (in eval mode, on ``device``) and the checkpoint dict itself."""
+    checkpoint = read_checkpoint(path)
+    classes = {cls.__name__: cls for cls in (ConvVAE, FCVAE)}
+    if checkpoint.get("model_class") not in classes:
+        raise CheckpointError(f"{path}: unknown model class {checkpoint.get('model_class')!r}; expected {list(classes)}")
+    try:
+        model = classes[checkpoint["model_class"]](**checkpoint["model_config"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:
+        raise CheckpointError(
+            f"{path}: the stored weights do not match the stored model config {checkpoint.get('model_config')} "
+            f"({str(error).splitlines()[0]})"
+        ) from None
+    return model.to(device).eval(), checkpoint

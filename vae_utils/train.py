@@ -18,26 +18,19 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from vae_utils import __version__, data
+from vae_utils import data
+from vae_utils.evaluate import per_image_nelbo
 from vae_utils.elbo import elbo, nats_to_bits_per_dim
-from vae_utils.model import VAE, ConvVAE, FCVAE
+from vae_utils.model import VAE, CheckpointError, ConvVAE, FCVAE, load_checkpoint, make_checkpoint, save_atomic
 
 MODELS = {"conv": ConvVAE, "fc": FCVAE}
-CHECKPOINT_FORMAT = "vae_utils.checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file that is not a vae_utils checkpoint, or whose weights do not fit the model it describes."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -120,95 +113,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def library_versions() -> dict[str, str]:
-    return {"vae_utils": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_atomic(obj: dict, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def make_checkpoint(model: VAE, config: TrainConfig | None = None, **extra) -> dict:
-    """A checkpoint dict: weights, the model's class and config, the training config and library versions."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_class": type(model).__name__,
-        "model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "train_config": dataclasses.asdict(config) if config is not None else None,
-        "versions": library_versions(),
-        **extra,
-    }
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (``weights_only=True``) and check that it is one; no model is built."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a zip, truncated, or holds objects that are unsafe to unpickle
-        lines = str(error).splitlines() or [""]
-        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
-        raise CheckpointError(f"{path} is not a readable vae_utils checkpoint ({type(error).__name__}: {detail})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is a torch file but not a vae_utils checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {checkpoint.get('version')!r}; this vae_utils reads version "
-            f"{CHECKPOINT_VERSION}. Use the vae_utils version that wrote it: {checkpoint.get('versions')}"
-        )
-    return checkpoint
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
-    """The model stored in a checkpoint (in eval mode, on ``device``) and the checkpoint dict itself."""
-    checkpoint = read_checkpoint(path)
-    classes = {cls.__name__: cls for cls in MODELS.values()}
-    if checkpoint.get("model_class") not in classes:
-        raise CheckpointError(f"{path}: unknown model class {checkpoint.get('model_class')!r}; expected {list(classes)}")
-    try:
-        model = classes[checkpoint["model_class"]](**checkpoint["model_config"])
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        raise CheckpointError(
-            f"{path}: the stored weights do not match the stored model config {checkpoint.get('model_config')} "
-            f"({str(error).splitlines()[0]})"
-        ) from None
-    return model.to(device).eval(), checkpoint
-
-
 # --------------------------------------------------------------------------------------------------- trainer
-
-
-@torch.no_grad()
-def evaluate_nelbo(model: VAE, x: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict[str, float]:
-    """Mean -ELBO, rate and distortion (nats) over ``x``, with one seeded z per image: the same numbers each call."""
-    model.eval()
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    totals = torch.zeros(3, dtype=torch.float64)
-    for batch in x.split(batch_size):
-        out = elbo(model, batch, generator=generator)
-        totals += torch.stack([-out["elbo"].sum(), out["rate"].sum(), out["distortion"].sum()]).double().cpu()
-    nelbo, rate, distortion = (totals / len(x)).tolist()
-    return {"nelbo": nelbo, "rate": rate, "distortion": distortion}
 
 
 class Trainer:
@@ -253,7 +158,7 @@ class Trainer:
 
     def _state(self) -> dict:
         return make_checkpoint(
-            self.model, self.config, epoch=self.epoch, step=self.step, best_val_nelbo=self.best_val,
+            self.model, dataclasses.asdict(self.config), epoch=self.epoch, step=self.step, best_val_nelbo=self.best_val,
             history=self.history, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             rng={"batches": self.batches.state_dict()["generator"].cpu(), "noise": self.noise.get_state().cpu()},
         )  # fmt: skip
@@ -318,7 +223,8 @@ class Trainer:
         while self.epoch < last_epoch:
             start = time.perf_counter()
             train_metrics = self.train_epoch()
-            val = evaluate_nelbo(self.model, self.x_val, seed=self.config.seed)
+            val = {name: values.mean().item()
+                   for name, values in per_image_nelbo(self.model, self.x_val, seed=self.config.seed).items()}
             self.epoch += 1
             seconds = time.perf_counter() - start
             row = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
@@ -332,7 +238,7 @@ class Trainer:
                       f"nats ({row['val_bits_per_dim']:.4f} bits/dim)  {seconds:5.1f} s", flush=True)  # fmt: skip
             if val["nelbo"] < self.best_val:
                 self.best_val = val["nelbo"]
-                save_atomic(make_checkpoint(self.model, self.config, epoch=self.epoch, val_nelbo=val["nelbo"]),
+                save_atomic(make_checkpoint(self.model, dataclasses.asdict(self.config), epoch=self.epoch, val_nelbo=val["nelbo"]),
                             self.out / "best.pt")  # fmt: skip
             save_atomic(self._state(), self.out / "last.pt")
             self._write_log()
@@ -393,7 +299,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
     values.update(overrides)
     if args.resume is not None and args.config is None:
-        stored = read_checkpoint(args.resume)["train_config"] or {}
+        stored = load_checkpoint(args.resume)[1]["train_config"] or {}
         values = {**stored, **overrides}
     return TrainConfig.from_dict(values)
 

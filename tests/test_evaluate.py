@@ -1,0 +1,109 @@
+"""Tests for vae_utils.evaluate, and a re-check of every shipped checkpoint against its metrics.json."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_utils import data, evaluate, train
+from vae_utils.elbo import nats_to_bits_per_dim
+from vae_utils.model import ConvVAE, load_checkpoint
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = sorted(p.parent for p in CHECKPOINTS.glob("*/metrics.json"))
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    torch.manual_seed(0)
+    model = ConvVAE(latent_dim=4, channels=(4, 8), hidden_dim=16).eval()
+    x = data.split_tensor("validation", "binarized")[:60]
+    return model, x
+
+
+def test_per_image_nelbo_is_repeatable_and_adds_up(model_and_data):
+    model, x = model_and_data
+    first, second = evaluate.per_image_nelbo(model, x, batch_size=25), evaluate.per_image_nelbo(model, x, batch_size=25)
+    assert first["nelbo"].shape == (60,) and first["nelbo"].dtype == torch.float64
+    torch.testing.assert_close(first["nelbo"], second["nelbo"], rtol=0, atol=0)
+    torch.testing.assert_close(first["nelbo"], first["rate"] + first["distortion"])
+
+
+def test_iwae_nll_is_tighter_than_the_elbo(model_and_data):
+    model, x = model_and_data
+    nelbo = evaluate.per_image_nelbo(model, x)["nelbo"]
+    nll = evaluate.per_image_iwae_nll(model, x, k=64, batch_size=16)
+    assert nll.shape == (60,)
+    assert nll.mean() < nelbo.mean()  # log p(x) >= IWAE_k >= ELBO in expectation; the gap is large untrained
+
+
+def test_psnr_and_ssim_known_values():
+    x = torch.full((2, 1, 28, 28), 0.5)
+    assert evaluate.psnr(x, x + 0.1).tolist() == pytest.approx([20.0, 20.0])
+    assert evaluate.psnr(x, x).min() >= 99  # identical images: capped, not infinite
+    torch.testing.assert_close(evaluate.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    noisy = (x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert (evaluate.ssim(x, noisy) < 0.9).all()
+    with pytest.raises(ValueError, match="same shape"):
+        evaluate.psnr(x, x[:1])
+
+
+def test_per_class_mean():
+    values = torch.tensor([1.0, 3.0, 10.0])
+    assert evaluate.per_class_mean(values, [0, 0, 7]) == {0: 2.0, 7: 10.0}
+    with pytest.raises(ValueError, match="labels has 2"):
+        evaluate.per_class_mean(values, [0, 1])
+
+
+def test_bad_batch_size(model_and_data):
+    model, x = model_and_data
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        evaluate.per_image_nelbo(model, x, batch_size=0)
+
+
+def test_evaluate_run_writes_metrics(tmp_path, monkeypatch):
+    config = train.TrainConfig(latent_dim=4, channels=(4, 8), hidden_dim=16, epochs=1, train_subset=256,
+                               val_subset=100, progress=False, out=str(tmp_path / "run"))  # fmt: skip
+    train.Trainer(config).fit()
+    monkeypatch.setattr(evaluate, "test_set_for", lambda ckpt: (data.split_tensor("test", "binarized")[:300],
+                                                                  data.get_split("test").labels[:300]))  # fmt: skip
+    metrics = evaluate.evaluate_run(tmp_path / "run", k=5, progress=False)
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert stored == json.loads(json.dumps(metrics))
+    test = metrics["test"]
+    assert test["n_images"] == 300 and test["iwae_k"] == 5 and metrics["epochs_trained"] == 1
+    assert test["nelbo_bits_per_dim"] == pytest.approx(nats_to_bits_per_dim(test["nelbo_nats"]))
+    assert set(test["per_class_nelbo_nats"]) == set(range(10))
+    assert metrics["check_subset"]["n_images"] == evaluate.CHECK_SUBSET["n_images"]
+
+
+def test_cli_reports_a_missing_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vae_utils.evaluate", str(tmp_path), "--no-progress"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+
+
+@pytest.mark.parametrize("run", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_checkpoint_matches_its_metrics(run):
+    """Re-evaluate the fixed test subset recorded in metrics.json: the shipped weights give the shipped numbers."""
+    stored = json.loads((run / "metrics.json").read_text())
+    model, checkpoint = load_checkpoint(run / "best.pt")
+    assert model.num_parameters() == stored["parameters"]
+    x, _ = evaluate.test_set_for(checkpoint)
+    subset = stored["check_subset"]
+    again = evaluate.evaluate(model, x[: subset["n_images"]], k=subset["iwae_k"])
+    for key in ("nelbo_nats", "iwae_nll_nats", "rate_nats", "psnr_db", "ssim"):
+        assert again[key] == pytest.approx(subset[key], rel=1e-4, abs=1e-3), key
+    # and the recorded full-test-set numbers are consistent with each other
+    test = stored["test"]
+    assert test["iwae_nll_nats"] <= test["nelbo_nats"]
+    assert test["nelbo_bits_per_dim"] == pytest.approx(nats_to_bits_per_dim(test["nelbo_nats"]))
+
+
+def test_shipped_checkpoints_are_all_documented():
+    for run in SHIPPED:
+        assert {"best.pt", "config.json", "log.csv", "command.txt", "metrics.json"} <= {p.name for p in run.iterdir()}
+        assert (run / "command.txt").read_text().startswith("python -m vae_utils.train")

@@ -1,0 +1,174 @@
+"""Metrics over a dataset: -ELBO, importance-weighted NLL, PSNR/SSIM, per-class breakdowns (Chapter 5).
+
+``python -m vae_utils.evaluate checkpoints/conv_binarized`` evaluates a run folder's ``best.pt`` on the test set
+and writes ``metrics.json`` beside it: the full-test-set numbers and a small fixed subset that the tests re-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vae_utils import data
+from vae_utils.elbo import elbo, iwae_bound, nats_to_bits_per_dim
+from vae_utils.model import VAE, CheckpointError, load_checkpoint
+
+CHECK_SUBSET = {"n_images": 200, "k": 100}
+"""The quick re-evaluation stored in metrics.json: first 200 test images, IWAE with k = 100."""
+
+
+def _batches(x: torch.Tensor, batch_size: int, progress: bool, desc: str):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return tqdm(x.split(batch_size), desc=desc, leave=False, disable=not progress)
+
+
+@torch.no_grad()
+def per_image_nelbo(model: VAE, x: torch.Tensor, batch_size: int = 500, seed: int = 0,
+                    progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """-ELBO, rate and distortion of every image, ``(N,)`` float64 nats, with one seeded z each (repeatable)."""
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    parts = []
+    for batch in _batches(x, batch_size, progress, "-ELBO"):
+        out = elbo(model, batch, generator=generator)
+        parts.append(torch.stack([-out["elbo"], out["rate"], out["distortion"]]).double().cpu())
+    nelbo, rate, distortion = torch.cat(parts, dim=1)
+    return {"nelbo": nelbo, "rate": rate, "distortion": distortion}
+
+
+@torch.no_grad()
+def per_image_iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, batch_size: int = 20, seed: int = 0,
+                       progress: bool = False) -> torch.Tensor:  # fmt: skip
+    """The importance-weighted estimate of -log p(x) with ``k`` samples for every image, ``(N,)`` float64 nats.
+
+    An upper bound on the true negative log-likelihood that tightens as ``k`` grows (Burda et al., 2016).
+    """
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    parts = [-iwae_bound(model, batch, k, generator=generator).double().cpu()
+             for batch in _batches(x, batch_size, progress, f"IWAE k={k}")]  # fmt: skip
+    return torch.cat(parts)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each image pair, ``(N,)``, for images in [0, 1] (peak 1)."""
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    mse = (x.double() - y.double()).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-10))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang et al., 2004; scikit-image, 7x7 window) of each image pair, ``(N,)``."""
+    from skimage.metrics import structural_similarity
+
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"x and y must both have shape (N, 1, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    a, b = x[:, 0].double().cpu().numpy(), y[:, 0].double().cpu().numpy()
+    return torch.tensor([structural_similarity(p, q, data_range=1.0) for p, q in zip(a, b)])
+
+
+@torch.no_grad()
+def reconstructions(model: VAE, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The mean reconstruction E[x | z = mu(x)] of every image, ``(N, 1, 28, 28)`` in [0, 1]."""
+    model.eval()
+    return torch.cat([model.reconstruct(batch) for batch in x.split(batch_size)])
+
+
+def per_class_mean(values: torch.Tensor, labels) -> dict[int, float]:
+    """The mean of ``values`` over the images of each class."""
+    labels = torch.as_tensor(np.asarray(labels))
+    if len(labels) != len(values):
+        raise ValueError(f"values has {len(values)} entries but labels has {len(labels)}")
+    return {int(c): values[labels == c].double().mean().item() for c in labels.unique()}
+
+
+def evaluate(model: VAE, x: torch.Tensor, labels=None, k: int = 1000, seed: int = 0, progress: bool = False) -> dict:
+    """All the metrics of one model on ``x``, as a JSON-ready dict (nats, bits/dim, dB)."""
+    start = time.perf_counter()
+    nelbo = per_image_nelbo(model, x, seed=seed, progress=progress)
+    result = {
+        "n_images": len(x),
+        "nelbo_nats": nelbo["nelbo"].mean().item(),
+        "nelbo_bits_per_dim": nats_to_bits_per_dim(nelbo["nelbo"].mean().item()),
+        "rate_nats": nelbo["rate"].mean().item(),
+        "distortion_nats": nelbo["distortion"].mean().item(),
+    }
+    if k:
+        nll = per_image_iwae_nll(model, x, k=k, seed=seed, progress=progress)
+        result.update({"iwae_k": k, "iwae_nll_nats": nll.mean().item(),
+                       "iwae_nll_bits_per_dim": nats_to_bits_per_dim(nll.mean().item())})  # fmt: skip
+    recon = reconstructions(model, x)
+    result["psnr_db"] = psnr(recon, x).mean().item()
+    result["ssim"] = ssim(recon, x).mean().item()
+    if labels is not None:
+        result["per_class_nelbo_nats"] = per_class_mean(nelbo["nelbo"], labels)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def test_set_for(checkpoint: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """The test images as the checkpoint's model expects them (static binarization or 8-bit), and labels."""
+    kind = "binarized" if checkpoint["model_config"]["likelihood"] == "bernoulli" else "8bit"
+    return data.split_tensor("test", kind), data.get_split("test").labels
+
+
+def evaluate_run(folder: str | Path, k: int = 1000, progress: bool = True) -> dict:
+    """Evaluate a training run's ``best.pt`` on the test set and write ``metrics.json`` into its folder."""
+    folder = Path(folder)
+    model, checkpoint = load_checkpoint(folder / "best.pt")
+    x, labels = test_set_for(checkpoint)
+    metrics = {
+        "checkpoint": "best.pt",
+        "model_class": checkpoint["model_class"],
+        "model_config": checkpoint["model_config"],
+        "parameters": model.num_parameters(),
+        "epoch": checkpoint.get("epoch"),
+        "validation_nelbo_nats": checkpoint.get("val_nelbo"),
+        "test": evaluate(model, x, labels, k=k, progress=progress),
+        "check_subset": evaluate(model, x[: CHECK_SUBSET["n_images"]], k=CHECK_SUBSET["k"]),
+    }
+    log = folder / "log.csv"
+    if log.is_file():
+        rows = list(csv.DictReader(open(log)))
+        metrics["epochs_trained"] = len(rows)
+        metrics["train_seconds"] = float(rows[-1]["train_seconds"])
+    metrics["versions"] = checkpoint["versions"]
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae_utils.evaluate",
+        description="Evaluate a training run folder's best.pt on the MNIST test set; writes metrics.json there.",
+    )
+    parser.add_argument("run", type=Path, help="a folder written by python -m vae_utils.train (holds best.pt)")
+    parser.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE NLL; 0 skips it")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_run(args.run, k=args.k, progress=args.progress)
+    except (FileNotFoundError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    test = metrics["test"]
+    line = f"test -ELBO {test['nelbo_nats']:.2f} nats ({test['nelbo_bits_per_dim']:.4f} bits/dim)"
+    if "iwae_nll_nats" in test:
+        line += f", IWAE-{test['iwae_k']} NLL {test['iwae_nll_nats']:.2f} nats"
+    print(line + f", PSNR {test['psnr_db']:.2f} dB; wrote {args.run / 'metrics.json'}")
+    return 0 if math.isfinite(test["nelbo_nats"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
