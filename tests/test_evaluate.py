@@ -1,5 +1,6 @@
 """Tests for vae_utils.evaluate, and a re-check of every shipped checkpoint against its metrics.json."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -38,6 +39,17 @@ def test_iwae_nll_is_tighter_than_the_elbo(model_and_data):
     nll = evaluate.per_image_iwae_nll(model, x, k=64, batch_size=16)
     assert nll.shape == (60,)
     assert nll.mean() < nelbo.mean()  # log p(x) >= IWAE_k >= ELBO in expectation; the gap is large untrained
+
+
+def test_active_units_finds_dimensions_that_ignore_the_input(model_and_data):
+    model, x = model_and_data
+    variances = evaluate.active_units(model, x)
+    assert variances.shape == (4,) and (variances > 0).all()
+    collapsed = copy.deepcopy(model)
+    with torch.no_grad():  # make latent 2 ignore the image: its posterior mean is the bias alone
+        collapsed.encoder[-1].weight[2] = 0
+    variances = evaluate.active_units(collapsed, x)
+    assert variances[2] == 0 and (variances[[0, 1, 3]] > 0).all()
 
 
 def test_psnr_and_ssim_known_values():

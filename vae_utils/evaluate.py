@@ -60,6 +60,19 @@ def per_image_iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, batch_size: i
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500) -> torch.Tensor:
+    """Which latent dimensions are *active*: Cov_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016).
+
+    A dimension whose posterior mean does not vary with the image carries no information about it: the
+    posterior has collapsed onto the prior there. Returns the per-dimension variances ``(latent_dim,)``;
+    ``(variances > threshold).sum()`` counts the active units.
+    """
+    model.eval()
+    means = torch.cat([model.encode(batch)[0] for batch in x.split(batch_size)])
+    return means.double().var(dim=0).cpu()
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB of each image pair, ``(N,)``, for images in [0, 1] (peak 1)."""
     if x.shape != y.shape:

@@ -111,7 +111,7 @@ class VAE(nn.Module):
 class ConvVAE(VAE):
     """Two stride-2 4x4 convolutions (28 -> 14 -> 7), one hidden dense layer, and the mirror image to decode.
 
-    ReLU throughout, as in pytorch/examples. For ``"logistic_mixture"`` the decoder ends at full resolution
+    ReLU throughout, as in the pytorch/examples VAE. For ``"logistic_mixture"`` the decoder ends at full resolution
     with a 3x3 convolution and a 1x1 output head: 3K numbers per pixel need more than a linear read-out.
     """
 
