@@ -253,6 +253,15 @@ def test_mixture_pmf_sums_to_one_everywhere():
         assert log_probs.logsumexp(dim=-1).abs().max() < tol
 
 
+def test_mixture_probs_for_coding_match_the_log_probs():
+    params = random_mixture_params()
+    probs = E.discretized_logistic_mixture_probs(params)
+    assert probs.dtype == F64 and probs.shape == (2, 1, 8, 8, 256) and (probs >= 0).all()
+    assert (probs.sum(dim=-1) - 1).abs().max() < 1e-12
+    exact = E.discretized_logistic_mixture_log_probs(params.double()).exp()
+    assert (probs - exact).abs().max() < 1e-12
+
+
 def test_mixture_log_probs_are_accurate_in_float32():
     params = random_mixture_params()
     reference = naive_log_probs_float64(params)

@@ -94,7 +94,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_utils import data
-from vae_utils.elbo import bernoulli_mean, discretized_logistic_mixture_log_probs, likelihood_mean
+from vae_utils.elbo import bernoulli_mean, discretized_logistic_mixture_probs, likelihood_mean
 from vae_utils.evaluate import psnr
 from vae_utils.model import IMAGE_SHAPE, CheckpointError, load_checkpoint
 
@@ -430,8 +430,8 @@ def _likelihood_model(model, params: torch.Tensor) -> tuple[object, np.ndarray]:
     """constriction's model family and its per-pixel parameters for p(x | z): P(x = 1), or the 256-level pmf."""
     if model.likelihood == "bernoulli":
         return _MODELS.Bernoulli(perfect=False), bernoulli_mean(params).double().numpy().reshape(-1)
-    log_probs = discretized_logistic_mixture_log_probs(params)  # (1, 1, 28, 28, 256)
-    return _MODELS.Categorical(perfect=False), log_probs.double().exp().numpy().reshape(-1, 256)
+    probs = discretized_logistic_mixture_probs(params)  # (1, 1, 28, 28, 256) float64
+    return _MODELS.Categorical(perfect=False), probs.numpy().reshape(-1, 256)
 
 
 def _bucket_centres(buckets: np.ndarray, latent_bits: int) -> torch.Tensor:

@@ -167,6 +167,22 @@ def discretized_logistic_mixture_log_probs(params: torch.Tensor) -> torch.Tensor
     return torch.logsumexp(log_weights.unsqueeze(-1) + log_p, dim=1, keepdim=True)
 
 
+def discretized_logistic_mixture_probs(params: torch.Tensor) -> torch.Tensor:
+    """P(level) of all 256 grey levels of every pixel, ``(B, 1, H, W, 256)`` float64: what an entropy coder needs.
+
+    Differences of the mixture's CDF at the 255 bin edges, in float64: several times faster than
+    :func:`discretized_logistic_mixture_log_probs` and exact to ~1e-16 absolute, which is all a coder that
+    quantizes probabilities to 24 bits can use. Far-tail levels may come out as exactly 0.
+    """
+    log_weights, means, log_scales = _split_mixture(_check_float_tensor("params", params, 4, "(B, 3K, H, W)").double())
+    edges = (2 * torch.arange(1, 256, device=params.device, dtype=torch.float64) - 1) / 255 - 1
+    cdf = torch.sigmoid((edges - means.unsqueeze(-1)) * torch.exp(-log_scales).unsqueeze(-1))  # (B, K, H, W, 255)
+    cdf = F.pad(cdf, (1, 1), value=0.0)
+    cdf[..., -1] = 1.0
+    probs = cdf[..., 1:] - cdf[..., :-1]  # (B, K, H, W, 256)
+    return (log_weights.exp().unsqueeze(-1) * probs).sum(dim=1, keepdim=True)
+
+
 def discretized_logistic_mixture_mean(params: torch.Tensor) -> torch.Tensor:
     """E[x | z] in [0, 1], ``(B, 1, H, W)``, exact for the discretized mixture.
 
