@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -51,6 +52,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, data_kind):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]  # noqa: E731
     assert strip(resumed.history) == strip(straight.history)
+
+
+def test_resume_with_more_epochs_extends_the_cosine_schedule(tmp_path):
+    train.Trainer(tiny_config(tmp_path, epochs=2)).fit()
+    extended = train.Trainer(tiny_config(tmp_path, epochs=4), resume=tmp_path / "run" / "last.pt")
+    steps = len(extended.batches)
+    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 2)))
+    before = {k: v.clone() for k, v in extended.model.state_dict().items()}
+    history = extended.fit()
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4] and history[-1]["step"] == 4 * steps
+    assert history[2]["lr"] > 0 and history[3]["lr"] == pytest.approx(0, abs=1e-12)
+    assert any(not torch.equal(before[k], v) for k, v in extended.model.state_dict().items())
 
 
 def test_resume_refuses_a_different_config(tmp_path):

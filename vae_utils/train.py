@@ -177,8 +177,13 @@ class Trainer:
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            self.scheduler.T_max = self.config.epochs * len(self.batches)  # --epochs may extend the run
+        total_steps = self.config.epochs * len(self.batches)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and self.scheduler.T_max != total_steps:
+            # --epochs changed: follow the cosine over the new length from this step (the recursive update the
+            # scheduler uses cannot climb back from a learning rate of 0 by itself)
+            self.scheduler.T_max = total_steps
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * self.scheduler.last_epoch / total_steps))
         self.batches.load_state_dict({"generator": checkpoint["rng"]["batches"]})
         self.noise.set_state(checkpoint["rng"]["noise"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
@@ -267,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a JSON file of settings (as written to config.json); flags override it")
     p.add_argument("--resume", type=Path, help="continue a run from its last.pt, exactly as if never stopped")
     p.add_argument("--data", choices=data.KINDS, help=f"binarized: Bernoulli likelihood, dynamic binarization in training; 8bit: discretized logistic mixture (default {defaults.data})")
-    p.add_argument("--model", choices=tuple(MODELS), help=f"conv: ConvVAE, fc: the classic 784-400-20 FCVAE (default {defaults.model})")
+    p.add_argument("--model", choices=tuple(MODELS), help=f"conv: ConvVAE; fc: the fully connected FCVAE (the classic 784-400-20 with --hidden-dim 400 --latent-dim 20) (default {defaults.model})")
     p.add_argument("--latent-dim", type=int, help=f"number of latent dimensions (default {defaults.latent_dim})")
     p.add_argument("--channels", type=int, nargs=2, help=f"conv channels after each stride-2 conv (default {defaults.channels})")
     p.add_argument("--hidden-dim", type=int, help=f"width of the dense hidden layer (default {defaults.hidden_dim})")
