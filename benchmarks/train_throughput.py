@@ -14,7 +14,7 @@ import torch
 
 from vae_utils import data
 from vae_utils.elbo import elbo
-from vae_utils.model import ConvVAE, FCVAE
+from vae_utils.model import FCVAE, ConvVAE
 from vae_utils.train import pick_device
 
 
@@ -22,6 +22,16 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+class LoaderOnDevice:
+    """Batches of a DataLoader over one tensor, moved to the device: the usual, slower path."""
+
+    def __init__(self, loader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        return (batch.to(self.device) for (batch,) in self.loader)
 
 
 def images_per_second(model, batches, steps: int, warmup: int = 5) -> float:
@@ -64,7 +74,7 @@ def main() -> None:
             "DeviceBatches": data.DeviceBatches(x, args.batch_size, device=device, dynamic_binarization=kind == "binarized"),
         }
         if kind == "8bit":  # the DataLoader path only for one case: it shows the batching overhead
-            paths["DataLoader"] = ([b.to(device) for (b,) in [batch]] [0] for batch in data.make_dataloader(x, args.batch_size))
+            paths["DataLoader"] = LoaderOnDevice(data.make_dataloader(x, args.batch_size), device)
         for path, batches in paths.items():
             torch.manual_seed(0)
             model = cls(likelihood=likelihood).to(device)

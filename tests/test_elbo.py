@@ -240,7 +240,7 @@ def naive_log_probs_float64(params: torch.Tensor) -> torch.Tensor:
     """The textbook formula, CDF(upper edge) - CDF(lower edge), in float64: a reference where it does not underflow."""
     logits, means, log_scales = params.double().unsqueeze(-1).chunk(3, dim=1)
     levels = torch.arange(256, dtype=F64)
-    cdf = lambda y: torch.sigmoid((y - means) / log_scales.clamp(min=-7).exp())  # noqa: E731
+    cdf = lambda y: torch.sigmoid((y - means) / log_scales.clamp(min=-7).exp())
     upper = torch.where(levels == 255, 1.0, cdf(2 * levels / 255 - 1 + 1 / 255))
     lower = torch.where(levels == 0, 0.0, cdf(2 * levels / 255 - 1 - 1 / 255))
     return torch.logsumexp(logits.log_softmax(dim=1) + (upper - lower).log(), dim=1, keepdim=True)

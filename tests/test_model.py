@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vae_utils.elbo import elbo
-from vae_utils.model import CheckpointError, ConvVAE, FCVAE, load_checkpoint, make_checkpoint, save_atomic
+from vae_utils.model import FCVAE, CheckpointError, ConvVAE, load_checkpoint, make_checkpoint, save_atomic
 
 MODELS = [(cls, likelihood) for cls in (ConvVAE, FCVAE) for likelihood in ("bernoulli", "logistic_mixture")]
 IDS = [f"{cls.__name__}-{likelihood}" for cls, likelihood in MODELS]

@@ -50,7 +50,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, data_kind):
     resumed.fit()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in row.items() if "seconds" not in k} for row in h]
     assert strip(resumed.history) == strip(straight.history)
 
 

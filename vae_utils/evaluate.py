@@ -153,7 +153,8 @@ def evaluate_run(folder: str | Path, k: int = 1000, progress: bool = True) -> di
     }
     log = folder / "log.csv"
     if log.is_file():
-        rows = list(csv.DictReader(open(log)))
+        with open(log, newline="") as file:
+            rows = list(csv.DictReader(file))
         metrics["epochs_trained"] = len(rows)
         metrics["train_seconds"] = float(rows[-1]["train_seconds"])
     metrics["versions"] = checkpoint["versions"]

@@ -234,7 +234,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a zip, truncated, or holds objects that are unsafe to unpickle
+    except Exception as error:  # noqa: BLE001 - not a zip, truncated, or holds objects that are unsafe to unpickle
         lines = str(error).splitlines() or [""]
         detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
         raise CheckpointError(f"{path} is not a readable vae_utils checkpoint ({type(error).__name__}: {detail})") from None

@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_utils import data
-from vae_utils.evaluate import per_image_nelbo
 from vae_utils.elbo import elbo, nats_to_bits_per_dim
-from vae_utils.model import VAE, CheckpointError, ConvVAE, FCVAE, load_checkpoint, make_checkpoint, save_atomic
+from vae_utils.evaluate import per_image_nelbo
+from vae_utils.model import FCVAE, CheckpointError, ConvVAE, load_checkpoint, make_checkpoint, save_atomic
 
 MODELS = {"conv": ConvVAE, "fc": FCVAE}
 

@@ -1,0 +1,121 @@
+"""The book's compression benchmark: the VAE codecs and the classical ones, side by side, from real bytes.
+
+    python benchmarks/compression.py                  # all 10,000 test images (about 15 minutes on 2 CPU cores)
+    python benchmarks/compression.py --n-images 500   # a quick look
+
+Lossless, on the binarized test set (static stochastic binarization, seed 0) and on the 8-bit test set:
+bits-back coding with the shipped ConvVAEs (every image decoded and checked bit for bit) against gzip, bz2, lzma,
+PNG and lossless WebP. Lossy, on the 8-bit test images: the VAE's quantized-latent codec at several steps
+against JPEG, lossy WebP and entropy-coded PCA, as PSNR against bytes per image.
+
+Writes ``benchmarks/results/compression.json`` (Chapter 6 draws its table and figure from it) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vae_utils import baselines, codec, data, evaluate
+from vae_utils.elbo import nats_to_bits_per_dim
+from vae_utils.model import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+PCA_SETTINGS = ((10, 0.5), (20, 0.5), (40, 0.4), (80, 0.3), (160, 0.2), (320, 0.1))
+VAE_STEPS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def vae_lossless(run: Path, images: np.ndarray, max_value: int) -> dict:
+    """Bits-back on ``images`` with the run's best.pt: real bytes, a bit-exact decode check, and the -ELBO."""
+    model, _ = load_checkpoint(run / "best.pt")
+    result = codec.compress(model, images, "lossless", progress=True)
+    start = time.perf_counter()
+    decoded = codec.decompress(model, result.data, progress=True)
+    decode_seconds = time.perf_counter() - start
+    if not np.array_equal(decoded, images):
+        raise RuntimeError(f"bits-back with {run.name} did not restore the images exactly")
+    x = data.to_tensor(images, max_value=max_value)
+    nelbo = evaluate.per_image_nelbo(model, x)["nelbo"].mean().item()
+    return {
+        "name": f"VAE bits-back ({run.name})",
+        "file_bytes": result.file_bytes,
+        "bits_per_dim": result.bits_per_dim,
+        "bytes_per_image": result.file_bytes / len(images),
+        "net_bits_per_dim": result.net_bits_per_dim,
+        "initial_bits": result.initial_bits,
+        "model_nelbo_bits_per_dim": nats_to_bits_per_dim(nelbo),
+        "gap_to_nelbo_percent": 100 * (result.bits_per_dim / nats_to_bits_per_dim(nelbo) - 1),
+        "encode_images_per_second": len(images) / result.seconds,
+        "decode_images_per_second": len(images) / decode_seconds,
+        "payload_bits_per_image_first_n": {n: float(result.bits_per_image_first_n[n - 1])
+                                           for n in (1, 10, 100, 1000, 10_000) if n <= len(images)},
+        "parameters": model.num_parameters(),
+    }
+
+
+def classical(images: np.ndarray, levels: int) -> list[dict]:
+    return [{"name": r.name, "file_bytes": r.total_bytes, **{k: v for k, v in r.to_dict().items()
+                                                             if k in ("bits_per_dim", "bytes_per_image",
+                                                                      "encode_images_per_second",
+                                                                      "decode_images_per_second")}}
+            for r in baselines.lossless_baselines(images, levels=levels)]  # fmt: skip
+
+
+def lossy(images: np.ndarray, train_images: np.ndarray, run: Path) -> dict[str, list[dict]]:
+    model, _ = load_checkpoint(run / "best.pt")
+    curves = {"VAE latents": [{"setting": row["step"], "bytes_per_image": row["bytes_per_image"],
+                               "psnr_db": row["psnr_db"]} for row in codec.rate_distortion(model, images, VAE_STEPS)]}  # fmt: skip
+    pca = baselines.fit_pca(train_images)
+    for name, settings in (("JPEG", JPEG_QUALITIES), ("WebP", WEBP_QUALITIES), ("PCA", PCA_SETTINGS)):
+        results = baselines.rate_distortion_curve(name.lower(), images, settings, train_images=train_images, pca=pca)
+        curves[name] = [{"setting": s if not isinstance(s, tuple) else list(s), "bytes_per_image": r.bytes_per_image,
+                         "psnr_db": r.psnr_db} for s, r in zip(settings, results)]  # fmt: skip
+    return curves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=10_000, help="first N test images (default: all 10,000)")
+    parser.add_argument("--lossy-images", type=int, default=1_000, help="first N test images for the lossy curves")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compression.json")
+    args = parser.parse_args()
+    test = data.get_split("test").images[: args.n_images]
+    binary = data.binarize_stochastic(data.get_split("test").images, seed=data.STATIC_BINARIZATION_SEED)[: args.n_images]
+    start = time.perf_counter()
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"torch {torch.__version__}",
+        "n_images": len(test),
+        "binarized": [vae_lossless(ROOT / "checkpoints" / "conv_binarized", binary, 1), *classical(binary, 2)],
+        "8bit": [vae_lossless(ROOT / "checkpoints" / "conv_8bit", test, 255), *classical(test, 256)],
+        "lossy_n_images": min(args.lossy_images, len(test)),
+        "lossy": lossy(test[: args.lossy_images], data.get_split("train").images, ROOT / "checkpoints" / "conv_8bit"),
+    }  # fmt: skip
+    results["seconds"] = time.perf_counter() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for kind in ("binarized", "8bit"):
+        print(f"\n{kind} MNIST test set, {len(test)} images (lossless)")
+        print(f"{'codec':32s} {'bits/dim':>9s} {'bytes/image':>12s} {'enc img/s':>10s} {'dec img/s':>10s}")
+        for row in results[kind]:
+            print(f"{row['name']:32s} {row['bits_per_dim']:9.4f} {row['bytes_per_image']:12.1f} "
+                  f"{row['encode_images_per_second']:10.0f} {row['decode_images_per_second']:10.0f}")  # fmt: skip
+        vae = results[kind][0]
+        print(f"  VAE: -ELBO {vae['model_nelbo_bits_per_dim']:.4f} bits/dim; file {vae['gap_to_nelbo_percent']:+.2f}% "
+              f"from it; initial bits {vae['initial_bits']:.0f}")  # fmt: skip
+    print(f"\nlossy, first {results['lossy_n_images']} 8-bit test images: PSNR (dB) at bytes per image")
+    for name, curve in results["lossy"].items():
+        print(f"{name:12s} " + "  ".join(f"{p['bytes_per_image']:.0f}B:{p['psnr_db']:.1f}" for p in curve))
+    print(f"\nwrote {args.out.relative_to(ROOT)} in {results['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
