@@ -85,7 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-images", type=int, default=10_000, help="first N test images (default: all 10,000)")
     parser.add_argument("--lossy-images", type=int, default=1_000, help="first N test images for the lossy curves")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compression.json")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "compression.json",
+                        help="results file (default: benchmarks/results/compression.json)")
     args = parser.parse_args()
     test = data.get_split("test").images[: args.n_images]
     binary = data.binarize_stochastic(data.get_split("test").images, seed=data.STATIC_BINARIZATION_SEED)[: args.n_images]
@@ -114,7 +115,7 @@ def main() -> None:
     print(f"\nlossy, first {results['lossy_n_images']} 8-bit test images: PSNR (dB) at bytes per image")
     for name, curve in results["lossy"].items():
         print(f"{name:12s} " + "  ".join(f"{p['bytes_per_image']:.0f}B:{p['psnr_db']:.1f}" for p in curve))
-    print(f"\nwrote {args.out.relative_to(ROOT)} in {results['seconds']:.0f} s")
+    print(f"\nwrote {args.out} in {results['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
