@@ -153,7 +153,7 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 
 def binarize_stochastic(images: np.ndarray, seed: int) -> np.ndarray:
-    """Sample each pixel as 1 with probability ``grey/255`` (Section 1.4): the usual *binarized MNIST*.
+    """Sample each pixel as 1 with probability ``grey/255`` (Section 1.5): the usual *binarized MNIST*.
 
     With a fixed seed this is a static binarization: the same images every time. Returns ``uint8`` in {0, 1}.
     """
@@ -212,7 +212,7 @@ def count_duplicates(hashes: np.ndarray) -> int:
 
 
 class DeviceBatches:
-    """Mini-batches cut from one tensor that lives on the device (Section 1.5).
+    """Mini-batches cut from one tensor that lives on the device (Section 1.6).
 
     For 28x28 images a DataLoader spends most of its time collating tiny tensors in worker processes; keeping
     the whole split on the device and indexing it with a seeded permutation each epoch is many times faster.

@@ -52,6 +52,8 @@ def per_image_iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, batch_size: i
     """The importance-weighted estimate of -log p(x) with ``k`` samples for every image, ``(N,)`` float64 nats.
 
     An upper bound on the true negative log-likelihood that tightens as ``k`` grows (Burda et al., 2016).
+    The noise is drawn batch by batch from one seeded generator, so a result repeats exactly for the same
+    ``seed`` and ``batch_size``.
     """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)

@@ -164,7 +164,7 @@ class ConvVAE(VAE):
 
 
 class FCVAE(VAE):
-    """The classic 784-400-20 VAE of Kingma & Welling (2014), as in pytorch/examples ``vae/main.py``."""
+    """The fully connected 784-400-20 VAE of pytorch/examples ``vae/main.py``, after Kingma & Welling (2014)."""
 
     def __init__(
         self, latent_dim: int = 20, hidden_dim: int = 400, likelihood: str = "bernoulli", n_components: int = 5
