@@ -28,7 +28,15 @@ from tqdm.auto import tqdm
 from vae_utils import data
 from vae_utils.elbo import elbo, nats_to_bits_per_dim
 from vae_utils.evaluate import per_image_nelbo
-from vae_utils.model import FCVAE, CheckpointError, ConvVAE, load_checkpoint, make_checkpoint, save_atomic
+from vae_utils.model import (
+    FCVAE,
+    CheckpointError,
+    ConvVAE,
+    load_checkpoint,
+    make_checkpoint,
+    read_checkpoint,
+    save_atomic,
+)  # fmt: skip
 
 MODELS = {"conv": ConvVAE, "fc": FCVAE}
 
@@ -167,12 +175,11 @@ class Trainer:
         model, checkpoint = load_checkpoint(path, self.device)
         if checkpoint.get("optimizer") is None:
             raise CheckpointError(f"{path} holds weights only (a best.pt?); resume from last.pt, which has the run state")
-        stored = {k: v for k, v in (checkpoint["train_config"] or {}).items() if k not in ("epochs", "out", "progress", "device")}
-        mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in stored}
-        mine["channels"] = list(mine.get("channels", []))
-        stored["channels"] = list(stored.get("channels", []))
-        if stored != mine:
-            diff = {k: (stored[k], mine[k]) for k in stored if stored[k] != mine.get(k)}
+        stored = TrainConfig.from_dict(checkpoint["train_config"] or {})  # normalized like self.config
+        free = {"epochs", "out", "progress", "device"}  # may change on resume
+        diff = {f.name: (getattr(stored, f.name), getattr(self.config, f.name)) for f in dataclasses.fields(TrainConfig)
+                if f.name not in free and getattr(stored, f.name) != getattr(self.config, f.name)}  # fmt: skip
+        if diff:
             raise CheckpointError(f"{path} was trained with a different config; differences (stored, given): {diff}")
         self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -304,7 +311,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
     values.update(overrides)
     if args.resume is not None and args.config is None:
-        stored = load_checkpoint(args.resume)[1]["train_config"] or {}
+        stored = read_checkpoint(args.resume)["train_config"] or {}  # the config only; Trainer loads the weights
         values = {**stored, **overrides}
     return TrainConfig.from_dict(values)
 
