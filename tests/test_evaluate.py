@@ -117,6 +117,7 @@ def test_shipped_checkpoint_matches_its_metrics(run):
 
 
 def test_shipped_checkpoints_are_all_documented():
+    assert {p.name for p in SHIPPED} == {"conv_binarized", "fc_binarized", "conv_8bit"}  # the book loads these
     for run in SHIPPED:
         assert {"best.pt", "config.json", "log.csv", "command.txt", "metrics.json"} <= {p.name for p in run.iterdir()}
         assert (run / "command.txt").read_text().startswith("python -m vae_utils.train")

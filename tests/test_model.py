@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 
@@ -66,6 +67,22 @@ def test_forward_shapes(cls, likelihood):
     assert model.likelihood == likelihood
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic_mixture"])
+def test_dense_activation_is_elu_by_default_and_relu_on_request(likelihood):
+    """Only the activations after the hidden dense layers change; the convolutions keep their ReLUs."""
+
+    def after_dense(model):
+        layers = [*model.encoder, *model.decoder]
+        return [type(b).__name__ for a, b in itertools.pairwise(layers) if isinstance(a, nn.Linear)]
+
+    default, relu = ConvVAE(likelihood=likelihood), ConvVAE(likelihood=likelihood, dense_activation="relu")
+    assert after_dense(default) == ["ELU", "Linear", "ELU", "ELU"]  # the encoder's last Linear is its output
+    assert after_dense(relu) == ["ReLU", "Linear", "ReLU", "ReLU"]
+    assert not any(isinstance(m, nn.ELU) for m in relu.modules())
+    assert sum(isinstance(m, nn.ELU) for m in default.modules()) == 3
+    assert default.num_parameters() == relu.num_parameters()
+
+
 @pytest.mark.parametrize("cls", [ConvVAE, FCVAE])
 def test_no_batchnorm(cls):
     for likelihood in ("bernoulli", "logistic_mixture"):
@@ -78,7 +95,7 @@ def test_no_batchnorm(cls):
 def test_config_round_trip(cls, likelihood):
     kwargs = {"latent_dim": 7, "hidden_dim": 33, "n_components": 2}
     if cls is ConvVAE:
-        kwargs["channels"] = (8, 16)
+        kwargs |= {"channels": (8, 16), "dense_activation": "relu"}
     model = make(cls, likelihood, **kwargs)
     assert model.config == {**kwargs, "likelihood": likelihood}
     x = images(likelihood)
@@ -188,6 +205,7 @@ def test_bad_z_and_n(cls):
         (ConvVAE, {"channels": (32,)}, r"channels must be two ints .* got \(32,\)"),
         (ConvVAE, {"channels": "ab"}, "channels must be two ints"),
         (ConvVAE, {"channels": (32, 0)}, r"channels\[1\] must be a positive int, got 0"),
+        (ConvVAE, {"dense_activation": "tanh"}, "dense_activation must be one of elu, relu, got 'tanh'"),
         (ConvVAE, {"likelihood": "gaussian"}, "unknown likelihood 'gaussian'; choose one of bernoulli, logistic_mix"),
         (FCVAE, {"likelihood": "Bernoulli"}, "choose one of bernoulli, logistic_mixture"),
         (FCVAE, {"likelihood": "logistic_mixture", "n_components": 0}, "n_components must be a positive int, got 0"),

@@ -11,8 +11,8 @@ import torch
 
 from vae_utils import train
 
-TINY = {"latent_dim": 4, "channels": (4, 8), "hidden_dim": 16, "batch_size": 64, "train_subset": 512,
-        "val_subset": 300, "progress": False}  # fmt: skip
+TINY = {"latent_dim": 4, "channels": (4, 8), "hidden_dim": 16, "batch_size": 64, "lr": 1e-3, "kl_warmup_epochs": 0,
+        "train_subset": 512, "val_subset": 300, "progress": False}  # fmt: skip
 
 
 def tiny_config(tmp_path, **overrides) -> train.TrainConfig:
@@ -58,7 +58,7 @@ def test_resume_with_more_epochs_extends_the_cosine_schedule(tmp_path):
     train.Trainer(tiny_config(tmp_path, epochs=2)).fit()
     extended = train.Trainer(tiny_config(tmp_path, epochs=4), resume=tmp_path / "run" / "last.pt")
     steps = len(extended.batches)
-    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(TINY["lr"] * 0.5 * (1 + math.cos(math.pi / 2)))
     before = {k: v.clone() for k, v in extended.model.state_dict().items()}
     history = extended.fit()
     assert [row["epoch"] for row in history] == [1, 2, 3, 4] and history[-1]["step"] == 4 * steps
@@ -94,11 +94,18 @@ def test_nan_loss_stops_with_the_step(tmp_path):
 @pytest.mark.parametrize(
     "values, match",
     [({"data": "color"}, "data must be one of"), ({"epochs": 0}, "epochs must be a positive int"),
-     ({"lr": float("nan")}, "lr must be"), ({"train_subset": -1}, "train_subset"), ({"epoch": 3}, "unknown config keys")],
+     ({"lr": float("nan")}, "lr must be"), ({"train_subset": -1}, "train_subset"), ({"epoch": 3}, "unknown config keys"),
+     ({"dense_activation": "tanh"}, "dense_activation must be one of elu, relu")],
 )  # fmt: skip
 def test_bad_config_values(values, match):
     with pytest.raises(ValueError, match=match):
         train.TrainConfig.from_dict(values)
+
+
+def test_model_settings_reach_the_model(tmp_path):
+    model = train.Trainer(tiny_config(tmp_path, dense_activation="relu")).model
+    assert model.config == {"latent_dim": 4, "channels": (4, 8), "hidden_dim": 16, "likelihood": "bernoulli",
+                            "n_components": 5, "dense_activation": "relu"}  # fmt: skip
 
 
 def test_pick_device():
@@ -116,9 +123,10 @@ def _cli(*args, cwd=None):
 def test_cli_help_explains_every_flag():
     result = _cli("--help")
     assert result.returncode == 0
-    for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed"):
+    for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed",
+                 "--dense-activation"):  # fmt: skip
         assert flag in result.stdout
-    assert "dynamic binarization" in result.stdout
+    assert "dynamic binarization" in result.stdout and "(default: None)" not in result.stdout
 
 
 def test_cli_one_epoch_then_resume(tmp_path):

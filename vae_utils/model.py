@@ -28,6 +28,7 @@ from vae_utils.elbo import LIKELIHOODS, _check_positive_int, likelihood_mean, li
 IMAGE_SHAPE = (1, 28, 28)
 CHECKPOINT_FORMAT = "vae_utils.checkpoint"
 CHECKPOINT_VERSION = 1
+DENSE_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU}  # ConvVAE's choices after its hidden dense layers
 
 
 class CheckpointError(ValueError):
@@ -111,8 +112,11 @@ class VAE(nn.Module):
 class ConvVAE(VAE):
     """Two stride-2 4x4 convolutions (28 -> 14 -> 7), one hidden dense layer, and the mirror image to decode.
 
-    ReLU throughout, as in the pytorch/examples VAE. For ``"logistic_mixture"`` the decoder ends at full resolution
-    with a 3x3 convolution and a 1x1 output head: 3K numbers per pixel need more than a linear read-out.
+    ReLU after the convolutions; after the hidden dense layers ``dense_activation``, ELU by default: a ReLU that
+    is off for every input passes no gradient and never recovers, while an ELU always passes some. Chapter 4
+    shows the all-ReLU model (``dense_activation="relu"``) collapse where this one does not, and
+    ``benchmarks/activations.py`` measures the difference. For ``"logistic_mixture"`` the decoder ends at full
+    resolution with a 3x3 convolution and a 1x1 output head: 3K numbers per pixel need more than a linear read-out.
     """
 
     def __init__(
@@ -122,8 +126,13 @@ class ConvVAE(VAE):
         hidden_dim: int = 256,
         likelihood: str = "bernoulli",
         n_components: int = 5,
+        dense_activation: str = "elu",
     ) -> None:
         super().__init__(latent_dim, likelihood, n_components)
+        if dense_activation not in DENSE_ACTIVATIONS:
+            raise ValueError(f"dense_activation must be one of {', '.join(DENSE_ACTIVATIONS)}, got {dense_activation!r}")
+        self.dense_activation = dense_activation
+        act = DENSE_ACTIVATIONS[dense_activation]
         if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 2:
             raise ValueError(f"channels must be two ints (after the 1st and 2nd convolution), got {channels!r}")
         c1, c2 = (_check_positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
@@ -133,7 +142,7 @@ class ConvVAE(VAE):
             nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
             nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
             nn.Flatten(),
-            nn.Linear(flat, hidden_dim), nn.ReLU(),
+            nn.Linear(flat, hidden_dim), act(),
             nn.Linear(hidden_dim, 2 * latent_dim),
         )  # fmt: skip
         if likelihood == "bernoulli":
@@ -145,8 +154,8 @@ class ConvVAE(VAE):
                 nn.Conv2d(c1, self.out_channels, 1),
             ]  # fmt: skip
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, flat), nn.ReLU(),
+            nn.Linear(latent_dim, hidden_dim), act(),
+            nn.Linear(hidden_dim, flat), act(),
             nn.Unflatten(1, (c2, 7, 7)),
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
             *head,
@@ -160,6 +169,7 @@ class ConvVAE(VAE):
             "hidden_dim": self.hidden_dim,
             "likelihood": self.likelihood,
             "n_components": self.n_components,
+            "dense_activation": self.dense_activation,
         }
 
 

@@ -29,6 +29,7 @@ from vae_utils import data
 from vae_utils.elbo import elbo, nats_to_bits_per_dim
 from vae_utils.evaluate import per_image_nelbo
 from vae_utils.model import (
+    DENSE_ACTIVATIONS,
     FCVAE,
     CheckpointError,
     ConvVAE,
@@ -54,13 +55,14 @@ class TrainConfig:
     latent_dim: int = 32
     channels: tuple[int, int] = (32, 64)  # conv only
     hidden_dim: int = 256
+    dense_activation: str = "elu"  # conv only: "elu" or "relu" after the hidden dense layers
     n_components: int = 5  # 8-bit only: logistic mixture components
     epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     lr_schedule: str = "cosine"  # "cosine" (to zero over all steps) or "constant"
     beta: float = 1.0
-    kl_warmup_epochs: float = 0.0  # beta ramps linearly from 0 over this many epochs
+    kl_warmup_epochs: float = 5.0  # beta ramps linearly from 0 over this many epochs
     grad_clip: float = 100.0  # max gradient norm; 0 disables clipping
     seed: int = 0
     split_seed: int = 0
@@ -71,7 +73,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"data": data.KINDS, "model": tuple(MODELS), "lr_schedule": ("cosine", "constant")}
+        choices = {"data": data.KINDS, "model": tuple(MODELS), "lr_schedule": ("cosine", "constant"),
+                   "dense_activation": tuple(DENSE_ACTIVATIONS)}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -103,7 +106,7 @@ class TrainConfig:
         kwargs = {"latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim, "likelihood": likelihood,
                   "n_components": self.n_components}  # fmt: skip
         if self.model == "conv":
-            kwargs["channels"] = self.channels
+            kwargs["channels"], kwargs["dense_activation"] = self.channels, self.dense_activation
         return kwargs
 
 
@@ -274,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vae_utils.train",
         description="Train a VAE on the book's embedded MNIST. Writes config.json, log.csv, last.pt and best.pt "
         "into --out. Example: python -m vae_utils.train --data binarized --epochs 100 --out runs/conv",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="a JSON file of settings (as written to config.json); flags override it")
     p.add_argument("--resume", type=Path, help="continue a run from its last.pt, exactly as if never stopped")
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, help=f"number of latent dimensions (default {defaults.latent_dim})")
     p.add_argument("--channels", type=int, nargs=2, help=f"conv channels after each stride-2 conv (default {defaults.channels})")
     p.add_argument("--hidden-dim", type=int, help=f"width of the dense hidden layer (default {defaults.hidden_dim})")
+    p.add_argument("--dense-activation", choices=tuple(DENSE_ACTIVATIONS), help=f"conv only: activation after the hidden dense layers (default {defaults.dense_activation})")
     p.add_argument("--n-components", type=int, help=f"8bit only: logistic mixture components (default {defaults.n_components})")
     p.add_argument("--epochs", type=int, help=f"total epochs, counting those already done when resuming (default {defaults.epochs})")
     p.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.batch_size})")
