@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,4 +121,7 @@ def test_shipped_checkpoints_are_all_documented():
     assert {p.name for p in SHIPPED} == {"conv_binarized", "fc_binarized", "conv_8bit"}  # the book loads these
     for run in SHIPPED:
         assert {"best.pt", "config.json", "log.csv", "command.txt", "metrics.json"} <= {p.name for p in run.iterdir()}
-        assert (run / "command.txt").read_text().startswith("python -m vae_utils.train")
+        train_command, evaluate_command = (run / "command.txt").read_text().strip().splitlines()
+        assert re.fullmatch(r"(OMP_NUM_THREADS=\d+ )?python -m vae_utils\.train .*--out checkpoints/" + run.name + " .*",
+                            train_command), train_command  # fmt: skip
+        assert evaluate_command.split("python -m vae_utils.evaluate ")[1].startswith(f"checkpoints/{run.name}")
