@@ -1,6 +1,6 @@
 """The book's compression benchmark: the VAE codecs and the classical ones, side by side, from real bytes.
 
-    python benchmarks/compression.py                  # all 10,000 test images (about 15 minutes on 2 CPU cores)
+    python benchmarks/compression.py                  # all 10,000 test images (about 5 minutes on this 2-core CPU)
     python benchmarks/compression.py --n-images 500   # a quick look
 
 Lossless, on the binarized test set (static stochastic binarization, seed 0) and on the 8-bit test set:
