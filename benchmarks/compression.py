@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "compression.json",
                         help="results file (default: benchmarks/results/compression.json)")
     args = parser.parse_args()
-    test = data.get_split("test").images[: args.n_images]
-    binary = data.binarize_stochastic(data.get_split("test").images, seed=data.STATIC_BINARIZATION_SEED)[: args.n_images]
+    test = data.split_images("test", "8bit")[: args.n_images]
+    binary = data.split_images("test", "binarized")[: args.n_images]
     start = time.perf_counter()
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -30,7 +30,7 @@ def grey():
 @pytest.fixture(scope="module")
 def binary():
     """The same 200 images, statically binarized exactly as the book's binarized test set."""
-    return data.binarize_stochastic(data.get_split("test").images, seed=data.STATIC_BINARIZATION_SEED)[:200]
+    return data.split_images("test", "binarized")[:200]
 
 
 @pytest.fixture(scope="module")

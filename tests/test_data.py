@@ -298,5 +298,10 @@ def test_split_tensor_kinds(mnist):
     assert set(binary.unique().tolist()) == {0.0, 1.0}
     torch.testing.assert_close(binary, data.split_tensor("validation", "binarized", data=mnist))  # static
     torch.testing.assert_close(grey * 255, (grey * 255).round())
+    images = data.split_images("validation", "binarized", data=mnist)  # the same images, as uint8
+    assert images.dtype == np.uint8 and np.array_equal(images, binary[:, 0].numpy().astype(np.uint8))
+    assert np.array_equal(data.split_images("validation", "8bit", data=mnist), (grey[:, 0] * 255).round().numpy())
     with pytest.raises(ValueError, match="unknown data kind 'binary'.*binarized, 8bit"):
         data.split_tensor("test", "binary", data=mnist)
+    with pytest.raises(ValueError, match="unknown data kind 'binary'"):
+        data.split_images("test", "binary", data=mnist)

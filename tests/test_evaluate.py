@@ -71,6 +71,16 @@ def test_per_class_mean():
         evaluate.per_class_mean(values, [0, 1])
 
 
+def test_iwae_on_the_first_images(model_and_data):
+    model, x = model_and_data
+    part = evaluate.evaluate(model, x, k=4, iwae_images=20)
+    assert part["iwae_n_images"] == 20 and part["n_images"] == len(x)
+    assert part["nelbo_on_iwae_images_nats"] == pytest.approx(evaluate.per_image_nelbo(model, x)["nelbo"][:20].mean().item())
+    assert evaluate.evaluate(model, x, k=4, iwae_images=10 * len(x))["iwae_n_images"] == len(x)  # what it covered
+    with pytest.raises(ValueError, match="iwae_images must be a non-negative int"):
+        evaluate.evaluate(model, x, k=4, iwae_images=-1)
+
+
 def test_bad_batch_size(model_and_data):
     model, x = model_and_data
     with pytest.raises(ValueError, match="batch_size must be a positive int"):

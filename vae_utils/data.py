@@ -188,16 +188,19 @@ def to_tensor(images: np.ndarray, max_value: int = 255) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / max_value).unsqueeze(1)
 
 
-def split_tensor(name: str, kind: str, seed: int = 0, data: MNIST | None = None) -> torch.Tensor:
-    """A split as model input ``(N, 1, 28, 28) float``: ``kind="8bit"`` gives grey levels k/255; ``"binarized"``
-    gives the static stochastic binarization with :data:`STATIC_BINARIZATION_SEED`, the same images every time.
-    ``seed`` is the train/validation split seed."""
+def split_images(name: str, kind: str, seed: int = 0, data: MNIST | None = None) -> np.ndarray:
+    """A split's images ``(N, 28, 28) uint8`` as the book models them: ``kind="8bit"`` gives grey levels 0..255;
+    ``"binarized"`` gives the static stochastic binarization with :data:`STATIC_BINARIZATION_SEED` (0/1), the
+    same images every time. ``seed`` is the train/validation split seed."""
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r}; choose one of {', '.join(KINDS)}")
     images = get_split(name, seed=seed, data=data).images
-    if kind == "8bit":
-        return to_tensor(images)
-    return to_tensor(binarize_stochastic(images, seed=STATIC_BINARIZATION_SEED), max_value=1)
+    return images if kind == "8bit" else binarize_stochastic(images, seed=STATIC_BINARIZATION_SEED)
+
+
+def split_tensor(name: str, kind: str, seed: int = 0, data: MNIST | None = None) -> torch.Tensor:
+    """:func:`split_images` as model input ``(N, 1, 28, 28) float`` in [0, 1]: k/255, or the binary pixels."""
+    return to_tensor(split_images(name, kind, seed, data), max_value=255 if kind == "8bit" else 1)
 
 
 def hash_images(images: np.ndarray) -> np.ndarray:

@@ -115,6 +115,8 @@ def evaluate(model: VAE, x: torch.Tensor, labels=None, k: int = 1000, seed: int 
     The IWAE NLL costs ``k`` decoder passes per image; ``iwae_images=n`` computes it on the first n images only
     (0: all) and records the -ELBO of those same images beside it, so the two stay comparable.
     """
+    if isinstance(iwae_images, bool) or not isinstance(iwae_images, int) or iwae_images < 0:
+        raise ValueError(f"iwae_images must be a non-negative int (0: all images), got {iwae_images!r}")
     start = time.perf_counter()
     nelbo = per_image_nelbo(model, x, seed=seed, progress=progress)
     result = {
@@ -124,10 +126,8 @@ def evaluate(model: VAE, x: torch.Tensor, labels=None, k: int = 1000, seed: int 
         "rate_nats": nelbo["rate"].mean().item(),
         "distortion_nats": nelbo["distortion"].mean().item(),
     }
-    if isinstance(iwae_images, bool) or not isinstance(iwae_images, int) or iwae_images < 0:
-        raise ValueError(f"iwae_images must be a non-negative int (0: all images), got {iwae_images!r}")
     if k:
-        n = iwae_images or len(x)
+        n = min(iwae_images, len(x)) or len(x)  # the images the IWAE actually covers
         nll = per_image_iwae_nll(model, x[:n], k=k, seed=seed, progress=progress)
         result.update({"iwae_k": k, "iwae_n_images": n, "iwae_nll_nats": nll.mean().item(),
                        "iwae_nll_bits_per_dim": nats_to_bits_per_dim(nll.mean().item()),
