@@ -46,6 +46,8 @@ def test_parameter_counts():
     shared = conv(1, c1, 4) + conv(c1, c2, 4) + linear(c2 * 49, h) + linear(h, 2 * d)  # encoder
     shared += linear(d, h) + linear(h, c2 * 49) + conv(c2, c1, 4)  # decoder up to 14x14
     assert ConvVAE().num_parameters() == shared + conv(c1, 1, 4) == 1_700_609
+    for layers in (2, 3):  # each extra encoder layer is one (h -> h) Linear
+        assert ConvVAE(encoder_dense_layers=layers).num_parameters() == 1_700_609 + (layers - 1) * linear(h, h)
     mixture = shared + conv(c1, c1, 4) + conv(c1, c1, 3) + conv(c1, 3 * k, 1)
     assert ConvVAE(likelihood="logistic_mixture").num_parameters() == mixture
     fc = linear(784, 400) + linear(400, 2 * 20) + linear(20, 400)
@@ -80,6 +82,9 @@ def test_dense_activation_is_elu_by_default_and_relu_on_request(likelihood):
     assert after_dense(relu) == ["ReLU", "Linear", "ReLU", "ReLU"]
     assert not any(isinstance(m, nn.ELU) for m in relu.modules())
     assert sum(isinstance(m, nn.ELU) for m in default.modules()) == 3
+    deeper = ConvVAE(likelihood=likelihood, encoder_dense_layers=2)  # one more Linear + ELU, in the encoder only
+    assert after_dense(deeper) == ["ELU", "ELU", "Linear", "ELU", "ELU"]
+    assert [type(m) for m in deeper.decoder] == [type(m) for m in default.decoder]
     assert default.num_parameters() == relu.num_parameters()
 
 
@@ -95,7 +100,7 @@ def test_no_batchnorm(cls):
 def test_config_round_trip(cls, likelihood):
     kwargs = {"latent_dim": 7, "hidden_dim": 33, "n_components": 2}
     if cls is ConvVAE:
-        kwargs |= {"channels": (8, 16), "dense_activation": "relu"}
+        kwargs |= {"channels": (8, 16), "dense_activation": "relu", "encoder_dense_layers": 3}
     model = make(cls, likelihood, **kwargs)
     assert model.config == {**kwargs, "likelihood": likelihood}
     x = images(likelihood)
@@ -206,6 +211,7 @@ def test_bad_z_and_n(cls):
         (ConvVAE, {"channels": "ab"}, "channels must be two ints"),
         (ConvVAE, {"channels": (32, 0)}, r"channels\[1\] must be a positive int, got 0"),
         (ConvVAE, {"dense_activation": "tanh"}, "dense_activation must be one of elu, relu, got 'tanh'"),
+        (ConvVAE, {"encoder_dense_layers": 0}, "encoder_dense_layers must be a positive int, got 0"),
         (ConvVAE, {"likelihood": "gaussian"}, "unknown likelihood 'gaussian'; choose one of bernoulli, logistic_mix"),
         (FCVAE, {"likelihood": "Bernoulli"}, "choose one of bernoulli, logistic_mixture"),
         (FCVAE, {"likelihood": "logistic_mixture", "n_components": 0}, "n_components must be a positive int, got 0"),

@@ -96,7 +96,8 @@ def test_nan_loss_stops_with_the_step(tmp_path):
     "values, match",
     [({"data": "color"}, "data must be one of"), ({"epochs": 0}, "epochs must be a positive int"),
      ({"lr": float("nan")}, "lr must be"), ({"train_subset": -1}, "train_subset"), ({"epoch": 3}, "unknown config keys"),
-     ({"dense_activation": "tanh"}, "dense_activation must be one of elu, relu")],
+     ({"dense_activation": "tanh"}, "dense_activation must be one of elu, relu"),
+     ({"encoder_dense_layers": 0}, "encoder_dense_layers must be a positive int")],
 )  # fmt: skip
 def test_bad_config_values(values, match):
     with pytest.raises(ValueError, match=match):
@@ -104,9 +105,9 @@ def test_bad_config_values(values, match):
 
 
 def test_model_settings_reach_the_model(tmp_path):
-    model = train.Trainer(tiny_config(tmp_path, dense_activation="relu")).model
+    model = train.Trainer(tiny_config(tmp_path, dense_activation="relu", encoder_dense_layers=2)).model
     assert model.config == {"latent_dim": 4, "channels": (4, 8), "hidden_dim": 16, "likelihood": "bernoulli",
-                            "n_components": 5, "dense_activation": "relu"}  # fmt: skip
+                            "n_components": 5, "dense_activation": "relu", "encoder_dense_layers": 2}  # fmt: skip
 
 
 def test_pick_device():
@@ -125,14 +126,15 @@ def test_cli_help_explains_every_flag():
     result = _cli("--help")
     assert result.returncode == 0
     for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed",
-                 "--dense-activation"):  # fmt: skip
+                 "--dense-activation", "--encoder-dense-layers"):  # fmt: skip
         assert flag in result.stdout
     assert "dynamic binarization" in result.stdout and "(default: None)" not in result.stdout
 
 
 def test_cli_one_epoch_then_resume(tmp_path):
-    flags = ["--latent-dim", "4", "--channels", "4", "8", "--hidden-dim", "16", "--train-subset", "256",
-             "--val-subset", "200", "--batch-size", "64", "--no-progress", "--out", str(tmp_path / "cli")]  # fmt: skip
+    flags = ["--latent-dim", "4", "--channels", "4", "8", "--hidden-dim", "16", "--encoder-dense-layers", "3",
+             "--train-subset", "256", "--val-subset", "200", "--batch-size", "64", "--no-progress",
+             "--out", str(tmp_path / "cli")]  # fmt: skip
     first = _cli("--epochs", "1", *flags)
     assert first.returncode == 0, first.stderr
     assert "done: best validation -ELBO" in first.stdout
@@ -140,6 +142,7 @@ def test_cli_one_epoch_then_resume(tmp_path):
     second = _cli("--resume", str(tmp_path / "cli" / "last.pt"), "--epochs", "2", "--no-progress")
     assert second.returncode == 0, second.stderr
     assert "from epoch 1 to 2" in second.stdout
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["encoder_dense_layers"] == 3
     assert len(list(csv.DictReader(open(tmp_path / "cli" / "log.csv")))) == 2
     (tmp_path / "config.json").write_text(json.dumps({"epochs": 1, "data": "8bit", "model": "fc", "hidden_dim": 8,
                                                       "train_subset": 128, "val_subset": 100, "out": str(tmp_path / "c2")}))  # fmt: skip

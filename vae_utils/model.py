@@ -114,9 +114,13 @@ class ConvVAE(VAE):
 
     ReLU after the convolutions; after the hidden dense layers ``dense_activation``, ELU by default: a ReLU that
     is off for every input passes no gradient and never recovers, while an ELU always passes some. Chapter 4
-    shows the all-ReLU model (``dense_activation="relu"``) collapse where this one does not, and
-    ``benchmarks/activations.py`` measures the difference. For ``"logistic_mixture"`` the decoder ends at full
-    resolution with a 3x3 convolution and a 1x1 output head: 3K numbers per pixel need more than a linear read-out.
+    shows the all-ReLU model (``dense_activation="relu"``) collapse where this one does not. For
+    ``"logistic_mixture"`` the decoder ends at full resolution with a 3x3 convolution and a 1x1 output head:
+    3K numbers per pixel need more than a linear read-out.
+
+    ``encoder_dense_layers > 1`` adds hidden dense layers to the encoder only: a deeper encoder gets closer to
+    each image's best Gaussian posterior (a smaller amortization gap, Cremer et al. 2018, which Chapter 5
+    measures). ``benchmarks/architecture.py`` measures what the ELUs and a second encoder layer are worth.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class ConvVAE(VAE):
         likelihood: str = "bernoulli",
         n_components: int = 5,
         dense_activation: str = "elu",
+        encoder_dense_layers: int = 1,
     ) -> None:
         super().__init__(latent_dim, likelihood, n_components)
         if dense_activation not in DENSE_ACTIVATIONS:
@@ -137,12 +142,17 @@ class ConvVAE(VAE):
             raise ValueError(f"channels must be two ints (after the 1st and 2nd convolution), got {channels!r}")
         c1, c2 = (_check_positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
         self.channels, self.hidden_dim = (c1, c2), _check_positive_int("hidden_dim", hidden_dim)
+        self.encoder_dense_layers = _check_positive_int("encoder_dense_layers", encoder_dense_layers)
         flat = c2 * 7 * 7
+        more_dense = []  # the encoder's hidden dense layers after the first
+        for _ in range(encoder_dense_layers - 1):
+            more_dense += [nn.Linear(hidden_dim, hidden_dim), act()]
         self.encoder = nn.Sequential(
             nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
             nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
             nn.Flatten(),
             nn.Linear(flat, hidden_dim), act(),
+            *more_dense,
             nn.Linear(hidden_dim, 2 * latent_dim),
         )  # fmt: skip
         if likelihood == "bernoulli":
@@ -170,6 +180,7 @@ class ConvVAE(VAE):
             "likelihood": self.likelihood,
             "n_components": self.n_components,
             "dense_activation": self.dense_activation,
+            "encoder_dense_layers": self.encoder_dense_layers,
         }
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     channels: tuple[int, int] = (32, 64)  # conv only
     hidden_dim: int = 256
     dense_activation: str = "elu"  # conv only: "elu" or "relu" after the hidden dense layers
+    encoder_dense_layers: int = 1  # conv only: hidden dense layers in the encoder (the decoder has one)
     n_components: int = 5  # 8-bit only: logistic mixture components
     epochs: int = 100
     batch_size: int = 64
@@ -82,7 +83,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "n_components"):
+        for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "n_components", "encoder_dense_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -106,7 +107,8 @@ class TrainConfig:
         kwargs = {"latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim, "likelihood": likelihood,
                   "n_components": self.n_components}  # fmt: skip
         if self.model == "conv":
-            kwargs["channels"], kwargs["dense_activation"] = self.channels, self.dense_activation
+            kwargs |= {"channels": self.channels, "dense_activation": self.dense_activation,
+                       "encoder_dense_layers": self.encoder_dense_layers}
         return kwargs
 
 
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, nargs=2, help=f"conv channels after each stride-2 conv (default {defaults.channels})")
     p.add_argument("--hidden-dim", type=int, help=f"width of the dense hidden layer (default {defaults.hidden_dim})")
     p.add_argument("--dense-activation", choices=tuple(DENSE_ACTIVATIONS), help=f"conv only: activation after the hidden dense layers (default {defaults.dense_activation})")
+    p.add_argument("--encoder-dense-layers", type=int, help=f"conv only: hidden dense layers in the encoder (default {defaults.encoder_dense_layers})")
     p.add_argument("--n-components", type=int, help=f"8bit only: logistic mixture components (default {defaults.n_components})")
     p.add_argument("--epochs", type=int, help=f"total epochs, counting those already done when resuming (default {defaults.epochs})")
     p.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.batch_size})")
