@@ -39,9 +39,9 @@ def test_training_is_reproducible(tmp_path):
     assert a[0]["val_nelbo"] == b[0]["val_nelbo"] and a[0]["train_nelbo"] == b[0]["train_nelbo"]
 
 
-@pytest.mark.parametrize("data_kind", ["binarized", "8bit"])
-def test_resume_equals_an_uninterrupted_run(tmp_path, data_kind):
-    extra = {"data": data_kind, "kl_warmup_epochs": 1.5, "n_components": 2}
+@pytest.mark.parametrize("data_kind, lr_warmup_epochs", [("binarized", 0), ("8bit", 0), ("binarized", 1.5)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, data_kind, lr_warmup_epochs):
+    extra = {"data": data_kind, "kl_warmup_epochs": 1.5, "n_components": 2, "lr_warmup_epochs": lr_warmup_epochs}
     straight = train.Trainer(tiny_config(tmp_path / "straight", **extra))
     straight.fit()
     interrupted = train.Trainer(tiny_config(tmp_path / "resumed", **extra))
@@ -65,6 +65,31 @@ def test_resume_with_more_epochs_extends_the_cosine_schedule(tmp_path):
     assert [row["epoch"] for row in history] == [1, 2, 3, 4] and history[-1]["step"] == 4 * steps
     assert history[2]["lr"] > 0 and history[3]["lr"] == pytest.approx(0, abs=1e-12)
     assert any(not torch.equal(before[k], v) for k, v in extended.model.state_dict().items())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_lr_warmup_ramps_then_follows_the_schedule(tmp_path, schedule):
+    trainer = train.Trainer(tiny_config(tmp_path, epochs=4, lr_warmup_epochs=2, lr_schedule=schedule))
+    steps, lr = len(trainer.batches), TINY["lr"]
+    cosine = (lambda s: 0.5 * (1 + math.cos(math.pi * s / (4 * steps)))) if schedule == "cosine" else (lambda s: 1.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr / (2 * steps) * cosine(0))  # the first step
+    history = trainer.fit()
+    assert history[0]["lr"] == pytest.approx(lr * (steps + 1) / (2 * steps) * cosine(steps))  # about halfway up
+    assert history[1]["lr"] == pytest.approx(lr * cosine(2 * steps))  # the ramp is done
+    assert history[3]["lr"] == pytest.approx(0 if schedule == "cosine" else lr, abs=1e-12)
+
+
+def test_lr_warmup_keeps_the_encoder_relus_alive(tmp_path):
+    """A large learning rate kills ReLU channels of the encoder in the first steps; a warm-up spares them."""
+    dead = {}
+    for warmup in (0, 1):
+        trainer = train.Trainer(tiny_config(tmp_path / str(warmup), epochs=1, lr=3e-2, channels=(8, 16),
+                                            train_subset=2048, lr_schedule="constant", lr_warmup_epochs=warmup))  # fmt: skip
+        trainer.fit()
+        with torch.no_grad():
+            h = trainer.model.encoder[:4](trainer.x_val)  # conv, ReLU, conv, ReLU
+        dead[warmup] = int((h.amax(dim=(0, 2, 3)) <= 0).sum())
+    assert dead[1] < dead[0], dead
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -97,7 +122,8 @@ def test_nan_loss_stops_with_the_step(tmp_path):
     [({"data": "color"}, "data must be one of"), ({"epochs": 0}, "epochs must be a positive int"),
      ({"lr": float("nan")}, "lr must be"), ({"train_subset": -1}, "train_subset"), ({"epoch": 3}, "unknown config keys"),
      ({"dense_activation": "tanh"}, "dense_activation must be one of elu, relu"),
-     ({"encoder_dense_layers": 0}, "encoder_dense_layers must be a positive int")],
+     ({"encoder_dense_layers": 0}, "encoder_dense_layers must be a positive int"),
+     ({"lr_warmup_epochs": -1}, "lr_warmup_epochs must be a finite non-negative number")],
 )  # fmt: skip
 def test_bad_config_values(values, match):
     with pytest.raises(ValueError, match=match):
@@ -126,14 +152,14 @@ def test_cli_help_explains_every_flag():
     result = _cli("--help")
     assert result.returncode == 0
     for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed",
-                 "--dense-activation", "--encoder-dense-layers"):  # fmt: skip
+                 "--dense-activation", "--encoder-dense-layers", "--lr-warmup-epochs"):  # fmt: skip
         assert flag in result.stdout
     assert "dynamic binarization" in result.stdout and "(default: None)" not in result.stdout
 
 
 def test_cli_one_epoch_then_resume(tmp_path):
     flags = ["--latent-dim", "4", "--channels", "4", "8", "--hidden-dim", "16", "--encoder-dense-layers", "3",
-             "--train-subset", "256", "--val-subset", "200", "--batch-size", "64", "--no-progress",
+             "--lr-warmup-epochs", "0.5", "--train-subset", "256", "--val-subset", "200", "--batch-size", "64", "--no-progress",
              "--out", str(tmp_path / "cli")]  # fmt: skip
     first = _cli("--epochs", "1", *flags)
     assert first.returncode == 0, first.stderr
@@ -142,7 +168,8 @@ def test_cli_one_epoch_then_resume(tmp_path):
     second = _cli("--resume", str(tmp_path / "cli" / "last.pt"), "--epochs", "2", "--no-progress")
     assert second.returncode == 0, second.stderr
     assert "from epoch 1 to 2" in second.stdout
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["encoder_dense_layers"] == 3
+    stored = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert stored["encoder_dense_layers"] == 3 and stored["lr_warmup_epochs"] == 0.5
     assert len(list(csv.DictReader(open(tmp_path / "cli" / "log.csv")))) == 2
     (tmp_path / "config.json").write_text(json.dumps({"epochs": 1, "data": "8bit", "model": "fc", "hidden_dim": 8,
                                                       "train_subset": 128, "val_subset": 100, "out": str(tmp_path / "c2")}))  # fmt: skip

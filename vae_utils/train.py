@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: str = "cosine"  # "cosine" (to zero over all steps) or "constant"
+    lr_warmup_epochs: float = 0.0  # the learning rate ramps linearly from 0 over this many epochs, then follows the schedule
     beta: float = 1.0
     kl_warmup_epochs: float = 5.0  # beta ramps linearly from 0 over this many epochs
     grad_clip: float = 100.0  # max gradient norm; 0 disables clipping
@@ -87,7 +88,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("lr", "beta", "kl_warmup_epochs", "grad_clip"):
+        for name in ("lr", "beta", "kl_warmup_epochs", "grad_clip", "lr_warmup_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
@@ -157,13 +158,21 @@ class Trainer:
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # z samples in training
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         total_steps = config.epochs * len(self.batches)
-        if config.lr_schedule == "cosine":
+        if config.lr_schedule == "cosine" and config.lr_warmup_epochs == 0:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
         else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.epoch, self.step, self.best_val, self.history = 0, 0, math.inf, []
         if resume is not None:
             self._restore(resume)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` over ``config.lr``: a linear warm-up, then the schedule (cosine or constant)."""
+        warmup_steps = self.config.lr_warmup_epochs * len(self.batches)
+        factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if self.config.lr_schedule == "cosine":
+            factor *= 0.5 * (1 + math.cos(math.pi * step / (self.config.epochs * len(self.batches))))
+        return factor
 
     def beta_at(self, step: int) -> float:
         warmup_steps = self.config.kl_warmup_epochs * len(self.batches)
@@ -196,6 +205,9 @@ class Trainer:
             self.scheduler.T_max = total_steps
             for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * self.scheduler.last_epoch / total_steps))
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):  # follows a changed --epochs by itself
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * self.lr_factor(self.scheduler.last_epoch)
         self.batches.load_state_dict({"generator": checkpoint["rng"]["batches"]})
         self.noise.set_state(checkpoint["rng"]["noise"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
@@ -294,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.batch_size})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), help=f"cosine decays to 0 over the run (default {defaults.lr_schedule})")
+    p.add_argument("--lr-warmup-epochs", type=float, help=f"ramp the learning rate linearly from 0 over this many epochs; keeps ReLUs alive early on (default {defaults.lr_warmup_epochs})")
     p.add_argument("--beta", type=float, help=f"weight of the KL (rate) term; 1 is the ELBO (default {defaults.beta})")
     p.add_argument("--kl-warmup-epochs", type=float, help=f"ramp beta linearly from 0 over this many epochs (default {defaults.kl_warmup_epochs})")
     p.add_argument("--grad-clip", type=float, help=f"clip the gradient norm to this; 0 disables (default {defaults.grad_clip})")
