@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         trainer = Trainer(config, resume=args.resume)
-        device = f"{trainer.device} ({torch.get_num_threads()} threads)" if trainer.device.type == "cpu" else trainer.device
+        threads = torch.get_num_threads()
+        device = f"{trainer.device} ({threads} thread{'s' * (threads != 1)})" if trainer.device.type == "cpu" else trainer.device
         print(f"training {type(trainer.model).__name__} ({trainer.model.num_parameters():,} parameters) on "
               f"{config.data} MNIST, device {device}, from epoch {trainer.epoch} to {config.epochs}", flush=True)  # fmt: skip
         history = trainer.fit()
