@@ -166,17 +166,20 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
 
+    def _ramp(self, step: int, epochs: float) -> float:
+        """A linear warm-up from 0 to 1 over ``epochs`` epochs (1 throughout if ``epochs`` is 0)."""
+        warmup_steps = epochs * len(self.batches)
+        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
     def lr_factor(self, step: int) -> float:
         """The learning rate at ``step`` over ``config.lr``: a linear warm-up, then the schedule (cosine or constant)."""
-        warmup_steps = self.config.lr_warmup_epochs * len(self.batches)
-        factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        factor = self._ramp(step, self.config.lr_warmup_epochs)
         if self.config.lr_schedule == "cosine":
             factor *= 0.5 * (1 + math.cos(math.pi * step / (self.config.epochs * len(self.batches))))
         return factor
 
     def beta_at(self, step: int) -> float:
-        warmup_steps = self.config.kl_warmup_epochs * len(self.batches)
-        return self.config.beta * (min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
+        return self.config.beta * self._ramp(step, self.config.kl_warmup_epochs)
 
     def _state(self) -> dict:
         return make_checkpoint(
