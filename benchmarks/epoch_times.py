@@ -37,7 +37,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch only warms up")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except (RuntimeError, ValueError) as error:
+        parser.error(str(error))
     print(f"device: {device} - {describe(device)}")
     results = []
     for config_path in sorted(ROOT.glob("checkpoints/*/config.json")):

@@ -26,6 +26,7 @@ the first ``--iwae-images`` test images, in nats.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vae_utils import data, evaluate
 from vae_utils.train import TrainConfig, Trainer
@@ -65,32 +67,22 @@ def run_variant(variant: str, epochs: int, iwae_images: int, train_subset: int =
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as on the CPU
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(variant, epochs, out, train_subset)
-        params = list(trainer.model.parameters())
-        average = [p.detach().clone() for p in params]
-
-        def update_average(*_) -> None:
-            with torch.no_grad():
-                torch._foreach_lerp_(average, [p.detach() for p in params], 1 - EMA_DECAY)
-
-        trainer.optimizer.register_step_post_hook(update_average)
+        average = AveragedModel(trainer.model, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
+        trainer.optimizer.register_step_post_hook(lambda *_: average.update_parameters(trainer.model))
         start = time.perf_counter()
         history = trainer.fit()
         result = {"variant": variant, "epochs": epochs, "train_minutes": (time.perf_counter() - start) / 60,
                   "end_train_nelbo": history[-1]["train_nelbo"], "best_val_nelbo": trainer.best_val}  # fmt: skip
-        best = torch.load(Path(out) / "best.pt", weights_only=True)["state_dict"]
-        x_test = data.split_tensor("test", "binarized").to(trainer.device)
-        for label, load in [("final", None), ("average", average), ("best", best)]:
-            with torch.no_grad():
-                if isinstance(load, list):
-                    for p, a in zip(params, load):
-                        p.copy_(a)
-                elif isinstance(load, dict):
-                    trainer.model.load_state_dict(load)
-                nelbo = evaluate.per_image_nelbo(trainer.model, x_test)["nelbo"]
-                iwae = evaluate.per_image_iwae_nll(trainer.model, x_test[:iwae_images], k=1000, batch_size=50)
-                active = evaluate.active_units(trainer.model, trainer.x_val)
-            result[label] = {"test_nelbo": nelbo.mean().item(), "first_nelbo": nelbo[:iwae_images].mean().item(),
-                             "first_iwae": iwae.mean().item(), "active_units": int((active > 0.01).sum())}  # fmt: skip
+        best = copy.deepcopy(trainer.model)  # not load_checkpoint: it would rebuild the ReLUs an ELU variant replaced
+        best.load_state_dict(torch.load(Path(out) / "best.pt", weights_only=True)["state_dict"])
+    x_test = data.split_tensor("test", "binarized").to(trainer.device)
+    for label, model in [("final", trainer.model), ("average", average.module), ("best", best)]:
+        with torch.no_grad():
+            nelbo = evaluate.per_image_nelbo(model, x_test)["nelbo"]
+            iwae = evaluate.per_image_iwae_nll(model, x_test[:iwae_images], k=1000, batch_size=50)
+            active = evaluate.active_units(model, trainer.x_val)
+        result[label] = {"test_nelbo": nelbo.mean().item(), "first_nelbo": nelbo[:iwae_images].mean().item(),
+                         "first_iwae": iwae.mean().item(), "active_units": int((active > 0.01).sum())}  # fmt: skip
     return result
 
 
