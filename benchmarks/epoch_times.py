@@ -11,22 +11,15 @@ that trained them. An epoch includes its validation pass, as in a real run.
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
+from train_throughput import machine  # the device's description, as that benchmark prints it
 
 from vae_utils.train import TrainConfig, Trainer, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -41,7 +34,8 @@ def main() -> None:
         device = pick_device(args.device)
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
-    print(f"device: {device} - {describe(device)}")
+    description = machine(device)
+    print(f"device: {device} - {description}")
     results = []
     for config_path in sorted(ROOT.glob("checkpoints/*/config.json")):
         name = config_path.parent.name
@@ -55,7 +49,7 @@ def main() -> None:
         print(f"{name:16s} {seconds:6.2f} s per epoch (median of {len(history) - 1}) -> "
               f"{config.epochs} epochs in about {seconds * config.epochs / 60:.1f} min", flush=True)  # fmt: skip
     if args.json is not None:
-        report = {"device": str(device), "machine": describe(device), "timed_epochs": args.epochs - 1, "runs": results}
+        report = {"device": str(device), "machine": description, "timed_epochs": args.epochs - 1, "runs": results}
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 

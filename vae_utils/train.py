@@ -202,13 +202,12 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         total_steps = self.config.epochs * len(self.batches)
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and self.scheduler.T_max != total_steps:
-            # --epochs changed: follow the cosine over the new length from this step (the recursive update the
-            # scheduler uses cannot climb back from a learning rate of 0 by itself)
+        cosine_extended = (isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+                           and self.scheduler.T_max != total_steps)  # fmt: skip
+        if cosine_extended:  # --epochs changed; the scheduler's recursive update cannot climb back from 0 by itself
             self.scheduler.T_max = total_steps
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * self.scheduler.last_epoch / total_steps))
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):  # follows a changed --epochs by itself
+        if cosine_extended or isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            # the learning rate of the (new-length) schedule at this step; the scheduler only sets it at the next one
             for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
                 group["lr"] = base * self.lr_factor(self.scheduler.last_epoch)
         self.batches.load_state_dict({"generator": checkpoint["rng"]["batches"]})
