@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks clean
+.PHONY: book test notebooks lab clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Open JupyterLab on the chapters (sets up .venv on first use).
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 # Re-execute every chapter in place (fresh kernel, outputs saved), e.g. after changing vae_utils.
 notebooks: $(STAMP)
