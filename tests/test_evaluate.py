@@ -104,6 +104,29 @@ def test_evaluate_run_writes_metrics(tmp_path, monkeypatch):
     assert metrics["check_subset"]["n_images"] == evaluate.CHECK_SUBSET["n_images"]
 
 
+def test_evaluate_run_takes_a_checkpoint_file(tmp_path, monkeypatch):
+    config = train.TrainConfig(latent_dim=4, channels=(4, 8), hidden_dim=16, epochs=1, train_subset=256,
+                               val_subset=100, progress=False, out=str(tmp_path / "run"))  # fmt: skip
+    train.Trainer(config).fit()
+    monkeypatch.setattr(evaluate, "test_set_for", lambda ckpt: (data.split_tensor("test", "binarized")[:50],
+                                                                  data.get_split("test").labels[:50]))  # fmt: skip
+    from_folder = evaluate.evaluate_run(tmp_path / "run", k=2, progress=False)
+    from_file = evaluate.evaluate_run(tmp_path / "run" / "best.pt", k=2, progress=False)
+    assert from_file["test"]["nelbo_nats"] == from_folder["test"]["nelbo_nats"]
+    last = evaluate.evaluate_run(tmp_path / "run" / "last.pt", k=2, progress=False)
+    assert last["checkpoint"] == "last.pt"
+    assert json.loads((tmp_path / "run" / "last_metrics.json").read_text())["checkpoint"] == "last.pt"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["checkpoint"] == "best.pt"  # not overwritten
+
+
+def test_cli_takes_a_checkpoint_file_and_reports_a_missing_one(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vae_utils.evaluate", str(tmp_path / "some" / "best.pt"),
+                             "--no-progress"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert f"checkpoint not found: {tmp_path / 'some' / 'best.pt'}" in result.stderr
+    assert "best.pt/best.pt" not in result.stderr
+
+
 def test_cli_reports_a_missing_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vae_utils.evaluate", str(tmp_path), "--no-progress"],
                             capture_output=True, text=True)  # fmt: skip

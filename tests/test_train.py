@@ -1,11 +1,13 @@
 """Tests for vae_utils.train: the loop, resume, atomic checkpoints, the NaN guard, safe loading and the CLI."""
 
 import csv
+import dataclasses
 import json
 import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +188,14 @@ def test_cli_bad_input_gives_a_one_line_error(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     broken = _cli("--config", str(tmp_path / "broken.json"))
     assert broken.returncode != 0 and "cannot read --config" in broken.stderr
+
+
+def test_help_says_how_to_train_the_shipped_model_and_that_way_works():
+    help_text = " ".join(train.build_parser().format_help().split())
+    assert "--config checkpoints/conv_binarized/config.json" in help_text
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "conv_binarized" / "config.json"
+    args = train.build_parser().parse_args(["--config", str(shipped), "--out", "runs/again"])
+    config = train.config_from_args(args)
+    stored = train.TrainConfig.from_dict(json.loads(shipped.read_text()))
+    assert config == dataclasses.replace(stored, out="runs/again")
+    assert (config.encoder_dense_layers, config.lr_warmup_epochs, config.epochs) == (2, 1.0, 150)

@@ -184,7 +184,8 @@ def _stream_codec(name: str, images: np.ndarray, levels: int) -> CodecResult:
     finished = time.perf_counter()
     _check_round_trip(name, images, decoded)
     n, h, w = images.shape
-    return CodecResult(name, levels, n, h * w, len(stream), encoded - start, finished - encoded)
+    seconds = (encoded - start, finished - encoded)
+    return CodecResult(name, levels, n, h * w, len(stream), *seconds)
 
 
 def gzip_codec(images: np.ndarray, *, levels: int) -> CodecResult:
@@ -198,7 +199,8 @@ def bz2_codec(images: np.ndarray, *, levels: int) -> CodecResult:
 
 
 def lzma_codec(images: np.ndarray, *, levels: int) -> CodecResult:
-    """LZMA (an .xz stream, preset ``9 | PRESET_EXTREME``) of the whole set as one stream of :func:`to_bytes`."""
+    """LZMA (an .xz stream, preset ``9 | PRESET_EXTREME``) of the whole set as one
+    stream of :func:`to_bytes`."""
     return _stream_codec("lzma", images, levels)
 
 

@@ -380,10 +380,10 @@ def _grid(latent_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def latent_grid(latent_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The buckets of one latent dimension, equal mass 2**-latent_bits each under N(0, 1).
+    """The buckets of one latent dimension, of mass 2**-latent_bits each under N(0, 1).
 
-    Returns ``edges: (2**b + 1,) float64`` (from -inf to +inf) and ``centres: (2**b,) float32``, the prior
-    quantile of each bucket's middle mass: the z a bucket stands for.
+    Returns ``edges: (2**b + 1,) float64`` (from -inf to +inf) and ``centres: (2**b,)
+    float32``, the prior quantile of each bucket's middle mass: the z it stands for.
     """
     edges, centres = _grid(_check_int("latent_bits", latent_bits, *LATENT_BITS_RANGE))
     return edges.clone(), centres.clone()
@@ -455,34 +455,46 @@ def latent_mask(key: bytes, index: int, latent_dim: int, latent_bits: int) -> np
 
 
 @torch.no_grad()
-def push_image(coder, model, pixels: np.ndarray, latent_bits: int, mask: np.ndarray | int = 0) -> int:
-    """Bits-back: push one image ``(784,) int32`` onto the ANS ``coder``; returns the stack's low-water mark.
+def push_image(
+    coder, model, pixels: np.ndarray, latent_bits: int, mask: np.ndarray | int = 0
+) -> int:
+    """Bits-back: push one image ``(784,) int32`` onto the ANS ``coder``; returns the
+    stack's low-water mark.
 
-    Pop z ~ q(z | x) (borrowing bits), push x with p(x | z), push z with the uniform prior over the buckets
-    (as ``(bucket + mask) % 2**latent_bits``: see *whitened latents* above; ``mask=0`` is plain BB-ANS).
-    The returned ``coder.num_words()`` after the pop is the lowest the stack went.
+    Pop z ~ q(z | x) (borrowing bits), push x with p(x | z), push z with the uniform
+    prior over the buckets (as ``(bucket + mask) % 2**latent_bits``: see *whitened
+    latents* above; ``mask=0`` is plain BB-ANS). The returned ``coder.num_words()``
+    after the pop is the lowest the stack went.
     """
     n = 2**latent_bits
     mu, logvar = model.encode(_as_input(model, pixels))
     buckets = _pop_posterior(coder, *posterior_bucket_probs(mu, logvar, latent_bits))
     low = coder.num_words()
-    family, probs = _likelihood_model(model, model.decode(_bucket_centres(buckets, latent_bits)))
+    params = model.decode(_bucket_centres(buckets, latent_bits))
+    family, probs = _likelihood_model(model, params)
     coder.encode_reverse(pixels, family, probs)
     coder.encode_reverse(((buckets + mask) % n).astype(np.int32), _MODELS.Uniform(n))
     return low
 
 
 @torch.no_grad()
-def pop_image(coder, model, latent_bits: int, mask: np.ndarray | int = 0, floor_words: int = 0) -> np.ndarray:
-    """The exact inverse of :func:`push_image` (same ``mask``): pop z with the prior, pop x with p(x | z), push
-    z back with q(z | x). Returns the image's symbols ``(784,) int32``. Raises :class:`CodecError` if the stack
-    falls below ``floor_words``, the low-water mark of the encoder (a corrupted stream)."""
+def pop_image(
+    coder, model, latent_bits: int, mask: np.ndarray | int = 0, floor_words: int = 0
+) -> np.ndarray:
+    """The exact inverse of :func:`push_image` (same ``mask``): pop z with the prior,
+    pop x with p(x | z), push z back with q(z | x). Returns the image's symbols
+    ``(784,) int32``. Raises :class:`CodecError` if the stack falls below
+    ``floor_words``, the low-water mark of the encoder (a corrupted stream)."""
     n = 2**latent_bits
-    buckets = ((coder.decode(_MODELS.Uniform(n), model.latent_dim) - mask) % n).astype(np.int32)
-    family, probs = _likelihood_model(model, model.decode(_bucket_centres(buckets, latent_bits)))
+    buckets = coder.decode(_MODELS.Uniform(n), model.latent_dim)
+    buckets = ((buckets - mask) % n).astype(np.int32)
+    params = model.decode(_bucket_centres(buckets, latent_bits))
+    family, probs = _likelihood_model(model, params)
     pixels = coder.decode(family, probs)
     if coder.num_words() < floor_words:
-        raise CodecError("the stream ran out of bits before the last image: the file is corrupted")
+        raise CodecError(
+            "the stream ran out of bits before the last image: the file is corrupted"
+        )
     mu, logvar = model.encode(_as_input(model, pixels))
     _push_posterior(coder, buckets, *posterior_bucket_probs(mu, logvar, latent_bits))
     return pixels

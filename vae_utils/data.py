@@ -87,31 +87,42 @@ def _check_seed(seed: object) -> int:
     return int(seed)
 
 
-def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
-    """Split ``range(len(labels))`` into parts of the given fractions, keeping each class's share in every part.
+def stratified_split(
+    labels: np.ndarray, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split ``range(len(labels))`` into parts of the given fractions, keeping each
+    class's share in every part.
 
-    The result depends only on ``labels``, ``fractions`` and ``seed``. Returns sorted index arrays, one per
-    fraction; their sizes are the rounded cumulative fractions of ``len(labels)``.
+    The result depends only on ``labels``, ``fractions`` and ``seed``. Returns sorted
+    index arrays, one per fraction; their sizes are the rounded cumulative fractions
+    of ``len(labels)``.
     """
     seed = _check_seed(seed)
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+        raise ValueError(f"labels must be a non-empty 1-D array, got {labels.shape}")
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.ndim != 1 or fractions.size < 2:
-        raise ValueError(f"fractions must list at least two parts, got {fractions.tolist()}")
+        raise ValueError(
+            f"fractions must list at least two parts, got {fractions.tolist()}"
+        )
     if (fractions <= 0).any():
         raise ValueError(f"every fraction must be positive, got {fractions.tolist()}")
     if not np.isclose(fractions.sum(), 1.0, rtol=0, atol=1e-9):
-        raise ValueError(f"fractions must add up to 1, got {fractions.tolist()} (sum {fractions.sum():.6g})")
-    # Shuffle each class, give its k-th member the position (k + 0.5) / class size in [0, 1], sort everything by
-    # position and cut at the exact cumulative sizes: every part gets its exact size and each class's share in
-    # every part is within one image of the ideal.
+        raise ValueError(
+            f"fractions must add up to 1, got {fractions.tolist()} "
+            f"(sum {fractions.sum():.6g})"
+        )
+    # Shuffle each class, give its k-th member the position (k + 0.5) / class size in
+    # [0, 1], sort everything by position and cut at the exact cumulative sizes: every
+    # part gets its exact size and each class's share in every part is within one
+    # image of the ideal.
     rng = np.random.default_rng(seed)
     position = np.empty(labels.size)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        position[members[rng.permutation(members.size)]] = (np.arange(members.size) + 0.5) / members.size
+        shuffled = members[rng.permutation(members.size)]
+        position[shuffled] = (np.arange(members.size) + 0.5) / members.size
     order = np.lexsort((rng.random(labels.size), position))
     cuts = np.round(np.cumsum(fractions)[:-1] * labels.size).astype(int)
     return [np.sort(part) for part in np.split(order, cuts)]

@@ -251,13 +251,17 @@ def _check_gaussian(mu: object, logvar: object) -> None:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in nats, ``(B,)``, for ``mu, logvar: (B, D)``: the rate."""
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in nats, ``(B,)``, for ``mu, logvar:
+    (B, D)``: the rate."""
     _check_gaussian(mu, logvar)
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(dim=1)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q(z | x), ``(B, D)``, differentiable in both."""
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q(z | x),
+    ``(B, D)``, differentiable in both ``mu`` and ``logvar``."""
     _check_gaussian(mu, logvar)
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
@@ -290,8 +294,9 @@ def elbo(
 ) -> dict[str, torch.Tensor]:
     """The ELBO with one z ~ q(z | x) per example; every entry ``(B,)`` in nats.
 
-    ``distortion`` = -log p(x | z), ``rate`` = KL(q(z | x) || p(z)) (analytic), ``elbo`` = -(distortion + rate)
-    and ``loss`` = distortion + beta * rate, the beta-VAE objective to minimise (beta = 1: the negative ELBO).
+    ``distortion`` = -log p(x | z), ``rate`` = KL(q(z | x) || p(z)) (analytic),
+    ``elbo`` = -(distortion + rate) and ``loss`` = distortion + beta * rate, the
+    beta-VAE objective to minimise (beta = 1: the negative ELBO).
     """
     _check_model(model)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
@@ -300,28 +305,42 @@ def elbo(
     z = reparameterize(mu, logvar, generator)
     distortion = -log_likelihood(model.likelihood, model.decode(z), x)
     rate = gaussian_kl(mu, logvar)
-    return {"elbo": -(distortion + rate), "distortion": distortion, "rate": rate, "loss": distortion + beta * rate}
+    return {
+        "elbo": -(distortion + rate),
+        "distortion": distortion,
+        "rate": rate,
+        "loss": distortion + beta * rate,
+    }
 
 
 def iwae_bound(
-    model, x: torch.Tensor, k: int, generator: torch.Generator | None = None, chunk_size: int = 32
+    model,
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 32,
 ) -> torch.Tensor:
-    """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x), ``(B,)`` in nats.
+    """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i | x) with
+    z_i ~ q(z | x), ``(B,)`` in nats.
 
-    k = 1 is the ELBO in expectation; the bound grows with k towards log p(x). The k noise draws are made up
-    front (k * B * D numbers) and decoded ``chunk_size`` samples at a time, so the result does not depend on
-    ``chunk_size`` and memory stays at ``chunk_size * B`` decoder outputs. Wrap it in ``torch.no_grad()`` for
+    k = 1 is the ELBO in expectation; the bound grows with k towards log p(x). The k
+    noise draws are made up front (k * B * D numbers) and decoded ``chunk_size``
+    samples at a time, so the result does not depend on ``chunk_size`` and memory
+    stays at ``chunk_size * B`` decoder outputs. Wrap it in ``torch.no_grad()`` for
     evaluation.
     """
     _check_model(model)
-    k, chunk_size = _check_positive_int("k", k), _check_positive_int("chunk_size", chunk_size)
+    k = _check_positive_int("k", k)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
     mu, logvar = model.encode(x)
-    eps = torch.randn((k, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
+    shape = (k, *mu.shape)
+    eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
     log_weights = []
     for eps_chunk in eps.split(chunk_size):
         z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, B, D)
         c = len(z)
-        log_px_z = log_likelihood(model.likelihood, model.decode(z.flatten(0, 1)), x.repeat(c, 1, 1, 1))
+        params = model.decode(z.flatten(0, 1))
+        log_px_z = log_likelihood(model.likelihood, params, x.repeat(c, 1, 1, 1))
         log_pz_qz = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
         log_weights.append(log_px_z.view(c, -1) + log_pz_qz)
     return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)

@@ -108,15 +108,26 @@ def per_class_mean(values: torch.Tensor, labels) -> dict[int, float]:
     return {int(c): values[labels == c].double().mean().item() for c in labels.unique()}
 
 
-def evaluate(model: VAE, x: torch.Tensor, labels=None, k: int = 1000, seed: int = 0, progress: bool = False,
-             iwae_images: int = 0) -> dict:  # fmt: skip
+def evaluate(
+    model: VAE,
+    x: torch.Tensor,
+    labels=None,
+    k: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    iwae_images: int = 0,
+) -> dict:
     """All the metrics of one model on ``x``, as a JSON-ready dict (nats, bits/dim, dB).
 
-    The IWAE NLL costs ``k`` decoder passes per image; ``iwae_images=n`` computes it on the first n images only
-    (0: all) and records the -ELBO of those same images beside it, so the two stay comparable.
+    The IWAE NLL costs ``k`` decoder passes per image; ``iwae_images=n`` computes it on
+    the first n images only (0: all) and records the -ELBO of those same images beside
+    it, so the two stay comparable.
     """
-    if isinstance(iwae_images, bool) or not isinstance(iwae_images, int) or iwae_images < 0:
-        raise ValueError(f"iwae_images must be a non-negative int (0: all images), got {iwae_images!r}")
+    if type(iwae_images) is not int or iwae_images < 0:  # bool is not an int here
+        raise ValueError(
+            "iwae_images must be a non-negative int (0: all images), "
+            f"got {iwae_images!r}"
+        )
     start = time.perf_counter()
     nelbo = per_image_nelbo(model, x, seed=seed, progress=progress)
     result = {
@@ -129,9 +140,13 @@ def evaluate(model: VAE, x: torch.Tensor, labels=None, k: int = 1000, seed: int 
     if k:
         n = min(iwae_images, len(x)) or len(x)  # the images the IWAE actually covers
         nll = per_image_iwae_nll(model, x[:n], k=k, seed=seed, progress=progress)
-        result.update({"iwae_k": k, "iwae_n_images": n, "iwae_nll_nats": nll.mean().item(),
-                       "iwae_nll_bits_per_dim": nats_to_bits_per_dim(nll.mean().item()),
-                       "nelbo_on_iwae_images_nats": nelbo["nelbo"][:n].mean().item()})  # fmt: skip
+        result.update({
+            "iwae_k": k,
+            "iwae_n_images": n,
+            "iwae_nll_nats": nll.mean().item(),
+            "iwae_nll_bits_per_dim": nats_to_bits_per_dim(nll.mean().item()),
+            "nelbo_on_iwae_images_nats": nelbo["nelbo"][:n].mean().item(),
+        })
     recon = reconstructions(model, x)
     result["psnr_db"] = psnr(recon, x).mean().item()
     result["ssim"] = ssim(recon, x).mean().item()
@@ -147,13 +162,25 @@ def test_set_for(checkpoint: dict) -> tuple[torch.Tensor, np.ndarray]:
     return data.split_tensor("test", kind), data.get_split("test").labels
 
 
-def evaluate_run(folder: str | Path, k: int = 1000, progress: bool = True, iwae_images: int = 0) -> dict:
-    """Evaluate a training run's ``best.pt`` on the test set and write ``metrics.json`` into its folder."""
-    folder = Path(folder)
-    model, checkpoint = load_checkpoint(folder / "best.pt")
+def metrics_path(checkpoint_path: str | Path) -> Path:
+    """Where :func:`evaluate_run` writes a checkpoint's metrics: ``metrics.json`` beside a
+    ``best.pt``, ``<name>_metrics.json`` beside any other checkpoint file."""
+    path = Path(checkpoint_path)
+    return path.with_name("metrics.json" if path.name == "best.pt" else f"{path.stem}_metrics.json")
+
+
+def evaluate_run(run: str | Path, k: int = 1000, progress: bool = True, iwae_images: int = 0) -> dict:
+    """Evaluate a checkpoint on the test set and write its metrics beside it (:func:`metrics_path`).
+
+    ``run`` is a training run's folder (its ``best.pt`` is evaluated) or a checkpoint file.
+    """
+    run = Path(run)
+    checkpoint_path = run / "best.pt" if run.is_dir() else run
+    folder = checkpoint_path.parent
+    model, checkpoint = load_checkpoint(checkpoint_path)
     x, labels = test_set_for(checkpoint)
     metrics = {
-        "checkpoint": "best.pt",
+        "checkpoint": checkpoint_path.name,
         "model_class": checkpoint["model_class"],
         "model_config": checkpoint["model_config"],
         "parameters": model.num_parameters(),
@@ -169,16 +196,17 @@ def evaluate_run(folder: str | Path, k: int = 1000, progress: bool = True, iwae_
         metrics["epochs_trained"] = len(rows)
         metrics["train_seconds"] = float(rows[-1]["train_seconds"])
     metrics["versions"] = checkpoint["versions"]
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics_path(checkpoint_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vae_utils.evaluate",
-        description="Evaluate a training run folder's best.pt on the MNIST test set; writes metrics.json there.",
+        description="Evaluate a checkpoint on the MNIST test set: a run folder's best.pt (writes metrics.json "
+        "there) or a checkpoint file (writes metrics.json beside a best.pt, NAME_metrics.json beside NAME.pt).",
     )
-    parser.add_argument("run", type=Path, help="a folder written by python -m vae_utils.train (holds best.pt)")
+    parser.add_argument("run", type=Path, help="a folder written by python -m vae_utils.train, or a .pt checkpoint")
     parser.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE NLL; 0 skips it")
     parser.add_argument("--iwae-images", type=int, default=0, help="IWAE on the first N test images only; 0 = all")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -196,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             line += f"(all {test['n_images']} images)"
         else:
             line += f"(first {test['iwae_n_images']} images; their -ELBO {test['nelbo_on_iwae_images_nats']:.2f})"
-    print(line + f", PSNR {test['psnr_db']:.2f} dB; wrote {args.run / 'metrics.json'}")
+    checkpoint_path = args.run / "best.pt" if args.run.is_dir() else args.run
+    print(line + f", PSNR {test['psnr_db']:.2f} dB; wrote {metrics_path(checkpoint_path)}")
     return 0 if math.isfinite(test["nelbo_nats"]) else 1
 
 

@@ -13,8 +13,10 @@ image at a time, with the same result as in any batch.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,7 +89,9 @@ class VAE(nn.Module):
             raise ValueError(f"{expected}, got shape {tuple(z.shape)}")
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{"mu", "logvar", "z", "params"}`` with one ``z ~ q(z | x)`` per image."""
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, generator)
@@ -135,41 +139,56 @@ class ConvVAE(VAE):
     ) -> None:
         super().__init__(latent_dim, likelihood, n_components)
         if dense_activation not in DENSE_ACTIVATIONS:
-            raise ValueError(f"dense_activation must be one of {', '.join(DENSE_ACTIVATIONS)}, got {dense_activation!r}")
+            raise ValueError(
+                f"dense_activation must be one of {', '.join(DENSE_ACTIVATIONS)}, "
+                f"got {dense_activation!r}"
+            )
         self.dense_activation = dense_activation
         act = DENSE_ACTIVATIONS[dense_activation]
-        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 2:
-            raise ValueError(f"channels must be two ints (after the 1st and 2nd convolution), got {channels!r}")
+        if (
+            isinstance(channels, (str, bytes))
+            or not isinstance(channels, Sequence)
+            or len(channels) != 2
+        ):
+            raise ValueError(
+                "channels must be two ints (after the 1st and 2nd convolution), "
+                f"got {channels!r}"
+            )
         c1, c2 = (_check_positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
-        self.channels, self.hidden_dim = (c1, c2), _check_positive_int("hidden_dim", hidden_dim)
-        self.encoder_dense_layers = _check_positive_int("encoder_dense_layers", encoder_dense_layers)
+        self.channels = (c1, c2)
+        self.hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
+        self.encoder_dense_layers = _check_positive_int(
+            "encoder_dense_layers", encoder_dense_layers
+        )
         flat = c2 * 7 * 7
         more_dense = []  # the encoder's hidden dense layers after the first
         for _ in range(encoder_dense_layers - 1):
             more_dense += [nn.Linear(hidden_dim, hidden_dim), act()]
+        conv = functools.partial(nn.Conv2d, kernel_size=4, stride=2, padding=1)
+        deconv = functools.partial(nn.ConvTranspose2d, kernel_size=4, stride=2, padding=1)
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+            conv(1, c1), nn.ReLU(),  # 28 -> 14
+            conv(c1, c2), nn.ReLU(),  # 14 -> 7
             nn.Flatten(),
             nn.Linear(flat, hidden_dim), act(),
             *more_dense,
             nn.Linear(hidden_dim, 2 * latent_dim),
-        )  # fmt: skip
+        )
         if likelihood == "bernoulli":
-            head = [nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1)]  # 14 -> 28
+            head = [deconv(c1, 1)]  # 14 -> 28
         else:
             head = [
-                nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1), nn.ReLU(),  # 14 -> 28
+                deconv(c1, c1), nn.ReLU(),  # 14 -> 28
                 nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(),
                 nn.Conv2d(c1, self.out_channels, 1),
-            ]  # fmt: skip
+            ]
         self.decoder = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim), act(),
             nn.Linear(hidden_dim, flat), act(),
             nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
+            deconv(c2, c1), nn.ReLU(),  # 7 -> 14
             *head,
-        )  # fmt: skip
+        )
 
     @property
     def config(self) -> dict:
@@ -188,18 +207,24 @@ class FCVAE(VAE):
     """The fully connected 784-400-20 VAE of pytorch/examples ``vae/main.py``, after Kingma & Welling (2014)."""
 
     def __init__(
-        self, latent_dim: int = 20, hidden_dim: int = 400, likelihood: str = "bernoulli", n_components: int = 5
+        self,
+        latent_dim: int = 20,
+        hidden_dim: int = 400,
+        likelihood: str = "bernoulli",
+        n_components: int = 5,
     ) -> None:
         super().__init__(latent_dim, likelihood, n_components)
         self.hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
         self.encoder = nn.Sequential(
-            nn.Flatten(), nn.Linear(28 * 28, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 2 * latent_dim)
+            nn.Flatten(),
+            nn.Linear(28 * 28, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 2 * latent_dim),
         )
         self.decoder = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, self.out_channels * 28 * 28),
             nn.Unflatten(1, (self.out_channels, 28, 28)),
-        )  # fmt: skip
+        )
 
     @property
     def config(self) -> dict:
@@ -256,9 +281,18 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - not a zip, truncated, or holds objects that are unsafe to unpickle
-        lines = str(error).splitlines() or [""]
-        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
-        raise CheckpointError(f"{path} is not a readable vae_utils checkpoint ({type(error).__name__}: {detail})") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:  # torch's message goes on to explain how to allow the object: not advice to pass on
+            raise CheckpointError(
+                f"{path} is not a vae_utils checkpoint: it holds a pickled Python object ({unsafe.group(1)}), which "
+                "a checkpoint never does, and unpickling it could run code, so it was not loaded. Use a best.pt or "
+                "last.pt written by python -m vae_utils.train, or a shipped one from checkpoints/"
+            ) from None
+        detail = (str(error).splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path} is not a readable vae_utils checkpoint ({type(error).__name__}: {detail}); it is truncated, "
+            "damaged or not a torch file"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a vae_utils checkpoint (no format {CHECKPOINT_FORMAT!r})")
     if checkpoint.get("version") != CHECKPOINT_VERSION:

@@ -1,10 +1,51 @@
-"""The figures the chapters share: image grids and bar charts with consistent styling."""
+"""What the chapters show: the book's figure style, image grids, and the package's own
+source code as a highlighted block."""
 
 from __future__ import annotations
+
+import inspect
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+BOOK_STYLE = {
+    "figure.dpi": 96,  # 1 pt = 1 CSS pt on the page: 10 pt text is 10 pt on screen
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "image.interpolation": "nearest",
+}
+"""rcParams of every figure in the book. A figure at most 7.5 inches wide fits the
+website's column without being scaled down, so its text stays at 10 pt."""
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_STYLE`, and in a notebook draw figures at twice the pixels
+    ("retina" PNG, shown at their normal size), so they stay sharp on high-resolution
+    screens and projectors."""
+    plt.rcParams.update(BOOK_STYLE)
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # not in a notebook; the rcParams still apply
+        return
+    set_matplotlib_formats("retina")
+
+
+def show_source(obj):
+    """The source code of ``obj`` (a function, method or class of vae_utils) as a
+    highlighted Python block: a Markdown code fence, which Jupyter and the website
+    both render with the same colours as the book's own code cells."""
+    from IPython.display import Markdown
+
+    source = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    return Markdown(f"```python\n{source}\n```")
 
 
 def _as_numpy_images(images) -> np.ndarray:

@@ -167,7 +167,8 @@ class Trainer:
             self._restore(resume)
 
     def _ramp(self, step: int, epochs: float) -> float:
-        """A linear warm-up from 0 to 1 over ``epochs`` epochs (1 throughout if ``epochs`` is 0)."""
+        """A linear warm-up from 0 to 1 over ``epochs`` epochs (1 throughout if
+        ``epochs`` is 0)."""
         warmup_steps = epochs * len(self.batches)
         return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
@@ -293,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vae_utils.train",
         description="Train a VAE on the book's embedded MNIST. Writes config.json, log.csv, last.pt and best.pt "
         "into --out. Example: python -m vae_utils.train --data binarized --epochs 100 --out runs/conv",
+        epilog="The defaults are the book's basic recipe (Chapter 4). The shipped models in checkpoints/ add to it "
+        "(checkpoints/conv_binarized: --encoder-dense-layers 2 --epochs 150 --lr-warmup-epochs 1); to train one of "
+        "them again, start from its settings: python -m vae_utils.train --config "
+        "checkpoints/conv_binarized/config.json --out runs/conv_binarized. Each checkpoint's command.txt holds the "
+        "exact command that made it.",
     )
     p.add_argument("--config", type=Path, help="a JSON file of settings (as written to config.json); flags override it")
     p.add_argument("--resume", type=Path, help="continue a run from its last.pt, exactly as if never stopped")
