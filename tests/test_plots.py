@@ -39,18 +39,22 @@ def test_tile_layout_and_bad_shape():
         plots.tile(np.ones((28, 28)), ncols=2)
 
 
-def test_markdown_table_escapes_pipes_aligns_and_checks_widths():
-    table = plots.markdown_table(["codec", "bits/dim"], [["a|b", 0.25], ["gzip", "0.33"]], align="lr")
+def test_html_table_escapes_aligns_and_checks_widths():
+    table = plots.html_table(["codec", "bits/dim"], [["a<b", 0.25], ["gzip", "0.33"]], align="lr")
     assert table.data.splitlines() == [
-        "| codec | bits/dim |",
-        "| :--- | ---: |",
-        "| a\\|b | 0.25 |",
-        "| gzip | 0.33 |",
+        '<table class="table">',
+        '<thead><tr><th style="text-align: left">codec</th>'
+        '<th style="text-align: right">bits/dim</th></tr></thead>',
+        "<tbody>",
+        '<tr><td style="text-align: left">a&lt;b</td><td style="text-align: right">0.25</td></tr>',
+        '<tr><td style="text-align: left">gzip</td><td style="text-align: right">0.33</td></tr>',
+        "</tbody>",
+        "</table>",
     ]
     with pytest.raises(ValueError, match="every row needs 2 cells"):
-        plots.markdown_table(["a", "b"], [["only one"]])
+        plots.html_table(["a", "b"], [["only one"]])
     with pytest.raises(ValueError, match="one letter l or r per column"):
-        plots.markdown_table(["a", "b"], [[1, 2]], align="lc")
+        plots.html_table(["a", "b"], [[1, 2]], align="lc")
 
 
 def test_stack_diagram_pops_from_the_top_and_labels_sizes():

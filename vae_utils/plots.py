@@ -1,5 +1,6 @@
-"""What the chapters show: the book's figure style, image grids, and the package's own
-source code as a highlighted block."""
+"""What the chapters show: the book's figure style, image grids, the package's own
+source code as a highlighted block, tables that fit the page, and diagrams drawn in code
+(an ANS stack step by step, a pipeline of boxes and arrows)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,13 @@ def show_source(obj):
     return Markdown(f"```python\n{source}\n```")
 
 
-def markdown_table(header, rows, align: str | None = None):
-    """A table as Markdown (``.data`` holds the text): Jupyter and the website render
-    it as a table that fits the page, where printed columns would run off its edge.
+def html_table(header, rows, align: str | None = None):
+    """A table as HTML (``.data`` holds the markup): Jupyter and the website show it
+    as a table that fits the page, where printed columns would run off its edge.
     ``align`` has one letter per column, ``l`` or ``r`` (default: all ``l``)."""
-    from IPython.display import Markdown
+    from html import escape
+
+    from IPython.display import HTML
 
     header, rows = [str(h) for h in header], [[str(c) for c in row] for row in rows]
     align = align or "l" * len(header)
@@ -61,10 +64,15 @@ def markdown_table(header, rows, align: str | None = None):
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"every row needs {len(header)} cells like the header, got {row}")
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = [header, rule, *rows]
-    text = "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines)
-    return Markdown(text)
+    side = {"l": "left", "r": "right"}
+
+    def line(cells, tag):
+        return "<tr>" + "".join(f'<{tag} style="text-align: {side[a]}">{escape(c)}</{tag}>'
+                                for c, a in zip(cells, align)) + "</tr>"
+
+    body = "\n".join(line(row, "td") for row in rows)
+    return HTML(f'<table class="table">\n<thead>{line(header, "th")}</thead>\n'
+                f"<tbody>\n{body}\n</tbody>\n</table>")
 
 
 def stack_diagram(steps, ax=None, colors: dict | None = None):
