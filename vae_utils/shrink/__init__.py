@@ -19,10 +19,10 @@ from vae_utils.shrink.quantize import (
     sparsity,
     weighted_layers,
 )
-from vae_utils.shrink.weightfile import WeightFileError, load_weights, save_weights, weight_file_bytes
+from vae_utils.shrink.weightfile import WeightFileError, bytes_by_part, load_weights, save_weights, weight_file_bytes
 
 __all__ = [
-    "IntegerVAE", "WeightFileError", "cast_weights", "dequantize", "fine_tune", "finish_pruning", "integer_model",
+    "IntegerVAE", "WeightFileError", "bytes_by_part", "cast_weights", "dequantize", "fine_tune", "finish_pruning", "integer_model",
     "latent_grid_int", "load_weights", "posterior_windows", "prune_weights", "quantize_per_channel",
     "quantize_weights", "save_weights", "sparsity", "weight_file_bytes", "weighted_layers",
 ]

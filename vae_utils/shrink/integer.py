@@ -195,14 +195,17 @@ def _convert(seq: nn.Sequential, maxima: dict[int, float], in_scale: float, in_l
                 out_scale = torch.full((n_out,), 2.0**-frac, dtype=torch.float64)
                 low, high = torch.full((n_out,), -ACT_LIMIT), torch.full((n_out,), ACT_LIMIT)
             acc_scale = w_scale * scale
-            bias = torch.round(m.bias.detach().double() / acc_scale).to(torch.int64)
+            bias = torch.round(m.bias.detach().double() / acc_scale)
+            per_out = codes.transpose(0, 1) if transposed else codes
+            bound = per_out.abs().double().flatten(1).sum(1) * limit + bias.abs()  # the largest |acc| any input gives
+            if bound.max() >= EXACT_LIMIT:
+                raise ValueError(f"layer {i} ({type(m).__name__}) can reach {bound.max():.3g} in its accumulator; "
+                                 "the integer network needs < 2**53 for exact float64 sums")  # fmt: skip
+            bias = bias.to(torch.int64)
             mult, shift = zip(*(_multiplier(r) for r in (acc_scale / out_scale).tolist()))
             mult, shift = torch.tensor(mult), torch.tensor(shift)
-            per_out = codes.transpose(0, 1) if transposed else codes
-            bound = per_out.abs().to(torch.int64).flatten(1).sum(1) * limit + bias.abs()
-            if bound.max() >= EXACT_LIMIT or (bound * mult).max() >= PRODUCT_LIMIT:
-                raise ValueError(f"layer {i} ({type(m).__name__}) can reach {int(bound.max())} in its accumulator; "
-                                 "the integer network needs < 2**53 for exact float64 sums")  # fmt: skip
+            if (bound * mult).max() >= PRODUCT_LIMIT:
+                raise ValueError(f"layer {i} ({type(m).__name__}): accumulator times multiplier can reach 2**62")
             kind = "linear" if isinstance(m, nn.Linear) else "deconv" if transposed else "conv"
             stride = 1 if kind == "linear" else m.stride[0]
             padding = 0 if kind == "linear" else m.padding[0]

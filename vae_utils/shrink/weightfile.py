@@ -167,6 +167,17 @@ def weight_file_bytes(model, storage: str = "f32", codes: dict | None = None) ->
     return body + _U32.pack(zlib.crc32(body))
 
 
+def bytes_by_part(blob: bytes) -> dict[str, int]:
+    """A weight file's bytes split into ``encoder``, ``decoder`` (their tensors) and ``overhead`` (header,
+    metadata, checksum): a lossy receiver needs the decoder and the overhead only."""
+    _, meta, _ = _read(blob)
+    parts = {"encoder": 0, "decoder": 0}
+    for name, _, _, _, size in meta["tensors"]:
+        part = name.split(".")[0]
+        parts[part if part in parts else "decoder"] += size
+    return {**parts, "overhead": len(blob) - parts["encoder"] - parts["decoder"]}
+
+
 def save_weights(model, path: str | Path, storage: str = "f32", codes: dict | None = None) -> int:
     """Write :func:`weight_file_bytes` to ``path``; returns the number of bytes."""
     blob = weight_file_bytes(model, storage, codes)
