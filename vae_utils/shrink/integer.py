@@ -52,8 +52,9 @@ Z_LIMIT = 16 << Z_BITS
 # ------------------------------------------------------------------------------------------ integer layers
 
 
-def _requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
-    """``(acc * M + 2**(S-1)) >> S`` per channel (dim 1), clamped to the layer's output range."""
+def _requantize(acc, mult, shift, low, high) -> torch.Tensor:
+    """``(acc * M + 2**(S-1)) >> S`` per channel (dim 1), clamped to the layer's
+    output range ``low..high``; all int64."""
     view = (1, -1) + (1,) * (acc.ndim - 2)
     shift = shift.view(view)
     y = (acc * mult.view(view) + (1 << (shift - 1))) >> shift
@@ -84,20 +85,23 @@ class IntegerLayer(nn.Module):
         return {"op": self.kind, "stride": self.stride, "padding": self.padding}
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        w = self.weight.double()
-        x = a.double()
+        """int64 in, int64 out; the products in float64 hold integers < 2**53: exact."""
+        w, x = self.weight.double(), a.double()
+        s, p = self.stride, self.padding
         if self.kind == "linear":
             acc = x @ w.T
         elif self.kind == "conv":
             k = w.shape[-1]
-            cols = F.unfold(x, k, padding=self.padding, stride=self.stride)  # a gather: exact
-            size = (x.shape[2] + 2 * self.padding - k) // self.stride + 1
-            acc = _batched_product(w.reshape(len(w), -1), cols).reshape(len(x), len(w), size, size)
-        else:
+            cols = F.unfold(x, k, padding=p, stride=s)  # a gather: exact
+            size = (x.shape[2] + 2 * p - k) // s + 1
+            acc = _batched_product(w.reshape(len(w), -1), cols)
+            acc = acc.reshape(len(x), len(w), size, size)
+        else:  # transposed convolution: the product, then fold adds the overlaps
             c_in, c_out, k = w.shape[0], w.shape[1], w.shape[-1]
-            cols = _batched_product(w.reshape(c_in, c_out * k * k).T, x.reshape(len(x), c_in, -1))
-            size = (x.shape[2] - 1) * self.stride - 2 * self.padding + k
-            acc = F.fold(cols, (size, size), k, padding=self.padding, stride=self.stride)  # sums of integers: exact
+            w_t = w.reshape(c_in, c_out * k * k).T
+            cols = _batched_product(w_t, x.reshape(len(x), c_in, -1))
+            size = (x.shape[2] - 1) * s - 2 * p + k
+            acc = F.fold(cols, (size, size), k, padding=p, stride=s)
         view = (1, -1) + (1,) * (acc.ndim - 2)
         acc = acc.to(torch.int64) + self.bias.view(view)
         return _requantize(acc, self.mult, self.shift, self.low, self.high)
@@ -154,19 +158,22 @@ def _multiplier(ratio: float) -> tuple[int, int]:
     return mult, shift
 
 
-def quantize_per_channel(weight: torch.Tensor, bits: int = 8, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel quantization: ``(codes int8, scales float64)``, ``weight ~ codes * scale``.
-
-    ``bits=8``: codes in -127..127; ``bits=4``: -7..7. A ConvTranspose2d's output channels are its dim 1.
-    """
+def quantize_per_channel(
+    weight: torch.Tensor, bits: int = 8, transposed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization per output channel: ``(codes int8, scales float64)``
+    with ``weight ~ codes * scale``; ``bits=8``: codes -127..127, ``bits=4``: -7..7.
+    A ConvTranspose2d (``transposed``) has its output channels in dim 1."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
-    w = weight.detach().double().transpose(0, 1) if transposed else weight.detach().double()
+    w = weight.detach().double()
+    w = w.transpose(0, 1) if transposed else w
     top = 2 ** (bits - 1) - 1
     scale = w.abs().flatten(1).amax(dim=1) / top
-    fallback = scale.max() if scale.max() > 0 else torch.tensor(1.0 / top, dtype=torch.float64)
-    scale = torch.where(scale > 0, scale, fallback)  # an all-zero (pruned) channel: codes 0 at any scale
-    codes = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp(-top, top).to(torch.int8)
+    fallback = scale.max() if scale.max() > 0 else torch.tensor(1.0 / top).double()
+    scale = torch.where(scale > 0, scale, fallback)  # an all-zero (pruned) channel
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    codes = torch.round(w / scale.view(shape)).clamp(-top, top).to(torch.int8)
     return (codes.transpose(0, 1).contiguous() if transposed else codes), scale
 
 

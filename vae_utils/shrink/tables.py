@@ -123,8 +123,9 @@ def phi_table() -> tuple[torch.Tensor, int]:
 
 
 def lookup(table: tuple[torch.Tensor, int], x: torch.Tensor) -> torch.Tensor:
-    """The table's function at ``x`` (int64, units of 2**-16), interpolated linearly between the entries and
-    clamped to the table's range: ``a + ((b - a) * frac + 128) >> 8``. Integer operations only."""
+    """The table's function at ``x`` (int64, units of 2**-16), clamped to the table's
+    range and interpolated linearly: ``a + ((b - a) * frac + 128) >> 8``. Integers only.
+    """
     values, start = table
     values = values.to(x.device)
     low, high = start << GRID_BITS, (start + len(values) - 1) << GRID_BITS
