@@ -254,8 +254,10 @@ class Header:
 
     def describe(self) -> dict:
         """A JSON-ready summary, as ``python -m vae_utils.codec info`` prints it."""
-        out = {"mode": self.mode, "format_version": self.version, "arithmetic": self.arithmetic,
-               "model_id": self.model_id[:16].hex(), "n_images": self.n_images, "shape": [self.height, self.width]}  # fmt: skip
+        out = {"mode": self.mode, "format_version": self.version}
+        if self.version > 1:  # every version 1 file is float
+            out["arithmetic"] = self.arithmetic
+        out.update(model_id=self.model_id[:16].hex(), n_images=self.n_images, shape=[self.height, self.width])
         if self.mode == "lossy":
             out.update(step=self.step, symbol_range=self.symbol_range)
         elif self.version == 1:
