@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_codec import train_tiny  # the same small trained models as the codec tests
 
 from vae_utils import codec, data, shrink
 from vae_utils.elbo import likelihood_mean
 from vae_utils.model import ConvVAE
 from vae_utils.shrink import integer, tables
 from vae_utils.train import TrainConfig
-
-from test_codec import train_tiny  # the same small trained models as the codec tests
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
@@ -223,6 +222,15 @@ def test_arithmetic_mismatch_is_a_clear_error(binary_model, int_binary, integer_
         codec.compress(binary_model, binary_images[:3], lanes=4)
 
 
+def test_cli_explains_integer_files(integer_file, tmp_path, capsys):
+    (tmp_path / "int.vae").write_bytes(integer_file)
+    assert codec.main(["decompress", str(tmp_path / "int.vae"), "-o", str(tmp_path / "out")]) == 2
+    assert "integer model" in capsys.readouterr().err
+    assert codec.main(["info", str(tmp_path / "int.vae")]) == 0
+    info = capsys.readouterr().out
+    assert "arithmetic" in info and "integer" in info and "lanes" in info
+
+
 # ------------------------------------------------------------------------------------------ v2 headers
 
 
@@ -394,7 +402,7 @@ def test_fuzz_weight_file_arbitrary_bytes(blob):
 @given(st.data())
 def test_fuzz_weight_file_mutations(weight_files, draw):
     name = draw.draw(st.sampled_from(sorted(weight_files)), label="file")
-    model, original = weight_files[name]
+    _, original = weight_files[name]
     blob = bytearray(original)
     for _ in range(draw.draw(st.integers(1, 3), label="edits")):
         blob[draw.draw(st.integers(0, len(blob) - 1), label="position")] = draw.draw(st.integers(0, 255))
