@@ -95,6 +95,8 @@ def run_kind(kind: str, args) -> dict:
 
     add("float32", model, shrink.weight_file_bytes(model))
     for dtype, storage in (("float16", "f16"), ("bfloat16", "bf16")):
+        if dtype in args.skip:
+            continue
         cast = shrink.cast_weights(model, dtype)
         add(dtype, cast, shrink.weight_file_bytes(cast, storage))
     q8, codes8 = shrink.quantize_weights(model)
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--finetune-subset", type=int, default=0, help="fine-tune on the first N training images "
                         "(default 0: all)")  # fmt: skip
     parser.add_argument("--kinds", nargs="+", default=["binarized", "8bit"], choices=list(RUNS))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["bfloat16"], help="variants to leave out")
+    parser.add_argument("--merge", action="store_true", help="keep the results of the kinds not run from --out")
     parser.add_argument("--work", type=Path, default=Path("runs") / "model_compression",
                         help="folder for the fine-tuning runs (default runs/model_compression)")
     parser.add_argument("--shrunk", type=Path, default=ROOT / "checkpoints" / "shrunk",
@@ -149,9 +153,12 @@ def main() -> None:
                "command": "python benchmarks/model_compression.py " + " ".join(
                    f"--n-images {args.n_images} --speed-images {args.speed_images} --finetune-epochs "
                    f"{args.finetune_epochs} --finetune-subset {args.finetune_subset} --sparsities "
-                   f"{' '.join(map(str, args.sparsities))}".split()),
+                   f"{' '.join(map(str, args.sparsities))} --skip {' '.join(args.skip)}".split()),
                "n_images": args.n_images, "speed_images": args.speed_images,
                "finetune_epochs": args.finetune_epochs, "finetune_subset": args.finetune_subset}  # fmt: skip
+    if args.merge and args.out.is_file():  # keep the other kinds' results from an earlier run
+        earlier = json.loads(args.out.read_text())
+        results.update({k: earlier[k] for k in RUNS if k in earlier and k not in args.kinds})
     for kind in args.kinds:
         results[kind] = run_kind(kind, args)
     results["seconds"] = time.perf_counter() - start

@@ -40,6 +40,8 @@ LOGVAR_RANGE = (-24.0, 12.0)
 """The encoder's log-variance (units of 2**-16) is clamped to this range: sigma from 6e-6 to 403."""
 MEAN_UNIT = 255 * 256
 """Mixture means in units of 1 / (255 * 256) on the [-1, 1] scale: every bin edge (2j - 255) / 255 is an integer."""
+MEAN_LIMIT = 32
+"""Mixture means are clamped to -32..32 on the [-1, 1] pixel scale (an unused component may sit far outside)."""
 LOG_SCALE_RANGE = (-7.0, 6.0)
 MIX_WEIGHT_BITS = 16
 """Mixture weights are integers that sum to exactly 2**16."""
@@ -256,7 +258,7 @@ def _output_formats(model, part: str) -> tuple[torch.Tensor, torch.Tensor, torch
         parts = [block(1, q, -tables.SIGMOID_MAX / q, tables.SIGMOID_MAX / q)]
     else:  # mixture logits, means (units of 1/(255*256)), log-scales
         k = model.n_components
-        parts = [block(k, q, -(64 << tables.ARG_BITS), 64 << tables.ARG_BITS), block(k, 1 / MEAN_UNIT, -2 * MEAN_UNIT, 2 * MEAN_UNIT),
+        parts = [block(k, q, -(64 << tables.ARG_BITS), 64 << tables.ARG_BITS), block(k, 1 / MEAN_UNIT, -MEAN_LIMIT * MEAN_UNIT, MEAN_LIMIT * MEAN_UNIT),
                  block(k, q, LOG_SCALE_RANGE[0] / q, LOG_SCALE_RANGE[1] / q)]  # fmt: skip
     return tuple(torch.cat(column) for column in zip(*parts))
 
@@ -338,7 +340,7 @@ class IntegerVAE(nn.Module):
         top = (logits == logits.amax(dim=1, keepdim=True)).to(torch.int64).argmax(dim=1, keepdim=True)
         w = w.scatter_add(1, top, (1 << MIX_WEIGHT_BITS) - w.sum(dim=1, keepdim=True))  # sum exactly 2**16
         inv_scale = tables.lookup(tables.exp_table(), -log_scales)  # exp(-log_scale) in units of 2**-16
-        edges = (2 * torch.arange(1, 256, dtype=torch.int64) - 255) * 256  # units of 1 / MEAN_UNIT
+        edges = (2 * torch.arange(1, 256, dtype=torch.int64) - 256) * 256  # (2j - 1)/255 - 1, j = 1..255
         d = edges - means.unsqueeze(-1)  # (B, K, H, W, 255)
         t = torch.div(d * inv_scale.unsqueeze(-1) + MEAN_UNIT // 2, MEAN_UNIT, rounding_mode="floor")
         cdf = tables.lookup(tables.sigmoid_table(), t)  # units of 2**-24
