@@ -120,7 +120,7 @@ def stack_diagram(steps, ax=None, colors: dict | None = None):
             if size < previous:
                 ax.bar(i, previous - size, bottom=size, width=0.6, fill=False,
                        edgecolor="0.4", linestyle="--", linewidth=0.8)
-        ax.text(i, max(size, previous or 0.0), note, ha="center", va="bottom", fontsize=9)
+        ax.text(i, max(size, previous or 0.0), note, ha="center", va="bottom")
         previous, top = size, max(top, size)
     ax.set_xticks(range(len(columns)), [step for step, _ in columns])
     ax.set_ylabel("bits on the stack")
@@ -171,11 +171,12 @@ def flow_diagram(nodes: dict, edges, ax=None, kinds: dict | None = None,
             arrowstyle="-|>", color="0.2", lw=1.0, shrinkA=0, shrinkB=0))
         if label:
             ax.text((xa + xb) / 2, (ya + yb) / 2, f" {label}", ha="left", va="center",
-                    fontsize=fontsize - 1, color="0.25")
-    xs = [x for x, *_ in nodes.values()]
-    ys = [y for _, y, *_ in nodes.values()]
-    ax.set_xlim(min(xs) - w, max(xs) + w)
-    ax.set_ylim(min(ys) - h, max(ys) + h)
+                    fontsize=fontsize, color="0.25")
+    pad = 0.25
+    ax.set_xlim(min(x - size[n][0] / 2 for n, (x, *_) in nodes.items()) - pad,
+                max(x + size[n][0] / 2 for n, (x, *_) in nodes.items()) + pad)
+    ax.set_ylim(min(y - size[n][1] / 2 for n, (_, y, *_) in nodes.items()) - pad,
+                max(y + size[n][1] / 2 for n, (_, y, *_) in nodes.items()) + pad)
     ax.set_aspect("equal")
     ax.set_axis_off()
     if kinds:
