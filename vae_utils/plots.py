@@ -96,7 +96,7 @@ def stack_diagram(steps, ax=None, colors: dict | None = None):
             raise ValueError(f"step {step!r} pops {-bits} bits from a stack that holds fewer")
         else:
             left = -bits
-            while left > 0:
+            while left > 1e-9 and stack:
                 taken = min(left, stack[-1][1])
                 stack[-1][1] -= taken
                 left -= taken
