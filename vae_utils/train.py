@@ -316,14 +316,15 @@ class Trainer:
     LOG_FIELDS = ("epoch", "step", "lr", "beta", "train_nelbo", "train_rate", "train_distortion",
                   "val_nelbo", "val_rate", "val_distortion", "val_bits_per_dim", "epoch_seconds", "train_seconds")  # fmt: skip
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, model: torch.nn.Module | None = None) -> None:
+        """``model``: start from these weights instead of fresh ones (e.g. a pruned model, whose masks it keeps)."""
         self.config = config
         self.out = Path(config.out)
         self.rank, self.world_size = process_group()
         self.device = process_device(config.device, self.world_size)
         self._check_speed_options()
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = MODELS[config.model](**config.model_kwargs()).to(self.device)
+        self.model = (model if model is not None else MODELS[config.model](**config.model_kwargs())).to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         splits = data.mnist_splits(seed=config.split_seed)
