@@ -394,7 +394,8 @@ def elbo(
     distortion = -log_likelihood(model.likelihood, model.decode(z), x)
     rate = latent_rate(model, mu, logvar, z)
     if free_bits:
-        return _objective(distortion, rate.unsqueeze(1), *_check_objective(beta, free_bits, 1))
+        betas, free_bits = _check_objective(beta, free_bits, 1)
+        return _objective(distortion, rate.unsqueeze(1), betas, free_bits)
     return {
         "elbo": -(distortion + rate),
         "distortion": distortion,
@@ -446,19 +447,22 @@ def hierarchical_elbo(
     generator: torch.Generator | None = None,
     free_bits: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """The ELBO of a model with latent layers z_1 (bottom) ... z_L (top), Bit-Swap's Markov chains:
-    q(z_1 | x) q(z_2 | z_1) ... and p(z_L) p(z_{L-1} | z_L) ... p(x | z_1), one draw of the chain per image.
+    """The ELBO of a model with latent layers z_1 (bottom) ... z_L (top) in Bit-Swap's
+    Markov chains, q(z_1 | x) q(z_2 | z_1) ... and p(z_L) ... p(z_1 | z_2) p(x | z_1),
+    with one draw of the chain per image.
 
-    The entries of :func:`elbo`, plus ``layer_rates: (B, L)`` (:func:`hierarchical_layer_rates`). ``beta``: one
-    weight for all layers or one per layer (bottom first; a per-layer KL warm-up). ``free_bits`` (nats, per
-    layer; Kingma et al. 2016): a layer whose batch-mean rate is below it costs that constant in the loss, so
-    nothing pushes it the rest of the way to its prior (posterior collapse); 0 is the plain ELBO.
+    The entries of :func:`elbo`, plus ``layer_rates: (B, L)``, bottom first
+    (:func:`hierarchical_layer_rates`). ``beta``: one weight for all layers, or one per
+    layer (a per-layer KL warm-up). ``free_bits`` (nats per layer; Kingma et al. 2016):
+    a layer whose batch-mean rate is below it costs that constant in the loss, so
+    nothing pushes it the rest of the way to its prior (posterior collapse).
     """
     _check_model(model)
     betas, free_bits = _check_objective(beta, free_bits, len(model.latent_dims))
     zs, mus, logvars = hierarchical_latents(model, x, generator=generator)
     distortion = -log_likelihood(model.likelihood, model.decode(zs[0]), x)
-    return _objective(distortion, hierarchical_layer_rates(model, zs, mus, logvars), betas, free_bits)
+    layer_rates = hierarchical_layer_rates(model, zs, mus, logvars)
+    return _objective(distortion, layer_rates, betas, free_bits)
 
 
 def iwae_bound(
@@ -485,7 +489,8 @@ def iwae_bound(
     mu, logvar = model.encode(x)
     shape = (k, *mu.shape)
     eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
-    prior = None if getattr(model, "prior", "standard") == "standard" else model.prior_components()
+    learned = getattr(model, "prior", "standard") != "standard"
+    prior = model.prior_components() if learned else None  # K components, computed once
     log_weights = []
     for eps_chunk in eps.split(chunk_size):
         z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, B, D)

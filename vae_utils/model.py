@@ -275,7 +275,8 @@ class HierarchicalVAE(ConvVAE):
     ConvVAE's encoder, then q(z_{l+1} | z_l) by MLPs. So z_1 gets a learned prior p(z_1) = E_{p(z_2)}[p(z_1 |
     z_2)] instead of N(0, I). Each step sees only the layer next to it: that is what lets bits-back code the
     layers in Bit-Swap's interleaved order (Chapter 8). Skip connections (p(x | z_1, z_2), or q(z_2 | x)) would
-    fit the data more easily but break that order, so there are none.
+    fit the data more easily but break that order, so there are none. Each p(z_l | z_{l+1}) starts as N(0, I),
+    so a HierarchicalVAE warm-started from a ConvVAE (``--init-from``) starts at that ConvVAE's ELBO.
     """
 
     def __init__(
@@ -297,21 +298,28 @@ class HierarchicalVAE(ConvVAE):
                 "latent_dims must be two or more ints (the sizes of z_1, z_2, ..., bottom "
                 f"first), got {latent_dims!r}"
             )
-        dims = tuple(_check_positive_int(f"latent_dims[{i}]", d) for i, d in enumerate(latent_dims))
-        super().__init__(dims[0], channels, hidden_dim, likelihood, n_components,
-                         dense_activation, encoder_dense_layers)  # fmt: skip
+        dims = tuple(
+            _check_positive_int(f"latent_dims[{i}]", d) for i, d in enumerate(latent_dims)
+        )
+        super().__init__(
+            dims[0], channels, hidden_dim, likelihood, n_components,
+            dense_activation, encoder_dense_layers,
+        )
         self.latent_dims = dims
         act = DENSE_ACTIVATIONS[dense_activation]
 
-        def mlp(d_in: int, d_out: int) -> nn.Sequential:  # -> mean and log-variance of d_out
+        def mlp(d_in: int, d_out: int) -> nn.Sequential:  # -> mean and log-variance
             return nn.Sequential(
                 nn.Linear(d_in, hidden_dim), act(),
                 nn.Linear(hidden_dim, hidden_dim), act(),
                 nn.Linear(hidden_dim, 2 * d_out),
             )
 
-        self.up = nn.ModuleList(mlp(a, b) for a, b in zip(dims, dims[1:]))  # q(z_{l+1} | z_l)
-        self.down = nn.ModuleList(mlp(b, a) for a, b in zip(dims, dims[1:]))  # p(z_l | z_{l+1})
+        pairs = list(zip(dims, dims[1:]))  # (z_l, z_{l+1}) for l = 1 .. L-1
+        self.up = nn.ModuleList(mlp(a, b) for a, b in pairs)  # q(z_{l+1} | z_l)
+        self.down = nn.ModuleList(mlp(b, a) for a, b in pairs)  # p(z_l | z_{l+1})
+        for net in self.down:  # p(z_l | z_{l+1}) starts as N(0, I): the ConvVAE's prior
+            nn.init.zeros_(net[-1].weight), nn.init.zeros_(net[-1].bias)
 
     @property
     def config(self) -> dict:
