@@ -315,9 +315,11 @@ def prior_log_density(model, z: torch.Tensor, components: tuple | None = None) -
     return mixture_log_density(z, *(components or model.prior_components()))
 
 
-def latent_rate(model, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """KL(q(z | x) || p(z)), ``(B,)``: analytic for the N(0, I) prior; for a learned prior the
-    entropy of q analytic and log p(z) at the sample ``z`` (unbiased, one sample)."""
+def latent_rate(
+    model, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """KL(q(z | x) || p(z)), ``(B,)``: analytic for the N(0, I) prior; for a learned
+    prior, the entropy of q analytic and log p(z) at the sample ``z`` (unbiased)."""
     if getattr(model, "prior", "standard") == "standard":
         return gaussian_kl(mu, logvar)
     return -gaussian_entropy(logvar) - prior_log_density(model, z)
@@ -427,10 +429,12 @@ def hierarchical_latents(
 def hierarchical_layer_rates(
     model, zs: list[torch.Tensor], mus: list[torch.Tensor], logvars: list[torch.Tensor]
 ) -> torch.Tensor:
-    """The rate of each latent layer, ``(B, L)`` nats, bottom first: for l < L, -H[q(z_l | .)] - log p(z_l |
-    z_{l+1}) at the drawn z (the entropy analytic); for the top, KL(q(z_L | z_{L-1}) || N(0, I)) analytic.
+    """The rate of each latent layer, ``(B, L)`` nats, bottom first, at one drawn chain.
 
-    They add up to KL(q(z | x) || p(z)) over the whole chain, in expectation."""
+    For l < L: -H[q(z_l | .)] - log p(z_l | z_{l+1}), the entropy analytic; for the
+    top: KL(q(z_L | z_{L-1}) || N(0, I)), analytic. They add up to the chain's KL, in
+    expectation.
+    """
     rates = []
     for level in range(len(zs) - 1):
         prior_mu, prior_logvar = model.conditional_prior(level, zs[level + 1])

@@ -154,15 +154,19 @@ class VAE(nn.Module):
         self.pseudo_inputs.copy_(torch.logit(0.01 + 0.98 * images))
 
     def prior_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A learned prior as a mixture of K diagonal Gaussians: log weights ``(K,)``, means and log-variances
-        ``(K, latent_dim)``. The VampPrior's components are the encoder's posteriors of its K pseudo-inputs,
-        with equal weights: a learned stand-in for the aggregate posterior (Tomczak & Welling 2018)."""
+        """The learned prior as a mixture of K diagonal Gaussians: log weights ``(K,)``,
+        means and log-variances ``(K, latent_dim)``. A VampPrior's components are the
+        encoder's posteriors of its K pseudo-inputs, with equal weights: a learned
+        stand-in for the aggregate posterior (Tomczak & Welling 2018)."""
         if self.prior == "vamp":
-            mu, logvar = self.encoder(torch.sigmoid(self.pseudo_inputs)).chunk(2, dim=1)
-            log_weights = torch.full((len(mu),), -math.log(len(mu)), dtype=mu.dtype, device=mu.device)
+            pseudo_images = torch.sigmoid(self.pseudo_inputs)  # (K, 1, 28, 28)
+            mu, logvar = self.encoder(pseudo_images).chunk(2, dim=1)
+            k = len(mu)
+            log_weights = torch.full((k,), -math.log(k), dtype=mu.dtype, device=mu.device)
             return log_weights, mu, logvar
         if self.prior == "mog":
-            return torch.log_softmax(self.prior_logits, dim=0), self.prior_means, self.prior_logvars
+            log_weights = torch.log_softmax(self.prior_logits, dim=0)
+            return log_weights, self.prior_means, self.prior_logvars
         raise ValueError("this model's prior is N(0, I), which has no mixture components")
 
     @torch.no_grad()
