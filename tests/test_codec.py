@@ -522,3 +522,83 @@ def test_shipped_binarized_checkpoint_codes_at_its_elbo(binary_images):
     result = codec.compress(model, images)
     assert np.array_equal(codec.decompress(model, result.data), images)
     assert 8 * result.payload_bytes == pytest.approx(nelbo_bits(model, images) + result.initial_bits, rel=0.01)
+
+
+# ------------------------------------------------- learned priors and latent hierarchies (Chapter 8)
+
+
+from vae_utils.codec import hierarchy  # noqa: E402
+from vae_utils.model import HierarchicalVAE  # noqa: E402
+
+
+def deep_model(kind: str, seed: int = 0):
+    """Small untrained models of the three deep kinds (fast; their -ELBO is still a fine reference)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        small = {"channels": (8, 16), "hidden_dim": 32}
+        if kind == "hierarchy":
+            return HierarchicalVAE(latent_dims=(8, 4, 3), **small).eval()
+        return ConvVAE(latent_dim=8, prior=kind, prior_components=6, **small).eval()
+
+
+def stream_round_trip(model, images: np.ndarray, order: str, key: bytes = b"test"):
+    symbols = images.reshape(len(images), -1).astype(np.int32)
+    seed = codec.initial_words(key, hierarchy.seed_words(model))
+    words, stripped, net_bits = hierarchy.encode_stream(model, symbols, 12, order, key, seed)
+    decoded = hierarchy.decode_stream(model, words[stripped:], len(images), 12, order, key, seed, stripped)
+    initial = 32.0 * (len(words) - stripped) - net_bits.sum()
+    return decoded, net_bits, initial, (words[stripped:], stripped)
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp", "mog"])
+@pytest.mark.parametrize("order", hierarchy.ORDERS)
+def test_deep_streams_round_trip_at_the_elbo(kind, order, binary_images):
+    model, images = deep_model(kind), binary_images[:30]
+    decoded, net_bits, initial, _ = stream_round_trip(model, images, order)
+    assert np.array_equal(decoded.reshape(images.shape), images)
+    assert net_bits.sum() == pytest.approx(nelbo_bits(model, images), rel=0.01)
+    assert 0 < initial < 32 * hierarchy.seed_words(model)
+
+
+def test_bitswap_borrows_fewer_initial_bits_than_bbans(binary_images):
+    images = binary_images[:3]
+    initial = {}
+    for dims in ((8, 6), (8, 6, 6), (8, 6, 6, 6)):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = HierarchicalVAE(latent_dims=dims, channels=(8, 16), hidden_dim=32).eval()
+        for order in hierarchy.ORDERS:
+            initial[len(dims), order] = stream_round_trip(model, images, order)[2]
+    for layers in (2, 3, 4):
+        assert initial[layers, "bitswap"] < initial[layers, "bbans"]
+    # BB-ANS borrows every layer's bits: each extra layer of 6 dimensions adds tens of bits; Bit-Swap does not grow
+    assert initial[4, "bbans"] - initial[2, "bbans"] > 40
+    assert abs(initial[4, "bitswap"] - initial[2, "bitswap"]) < 40
+
+
+def test_component_posterior_is_the_exact_mixture_posterior():
+    model = deep_model("mog")
+    components = model.prior_components()
+    buckets = np.array([100, 2000, 4095, 0, 3000, 1500, 2048, 7], dtype=np.int32)
+    q = hierarchy.component_posterior(buckets, components, 12)
+    edges, _ = codec.latent_grid(12)
+    lo, hi = edges[buckets], edges[buckets + 1]
+    log_w, mu, logvar = (t.double().detach() for t in components)
+    normal = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    mass = (normal.cdf(hi) - normal.cdf(lo)).clamp(min=1e-300).log().sum(1)
+    np.testing.assert_allclose(q, torch.softmax(log_w + mass, 0).numpy(), rtol=1e-6, atol=1e-12)
+    assert q.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp"])
+def test_a_corrupted_deep_stream_is_refused(kind, binary_images):
+    model, images = deep_model(kind), binary_images[:4]
+    _, _, _, (words, stripped) = stream_round_trip(model, images, "bitswap")
+    seed = codec.initial_words(b"test", hierarchy.seed_words(model))
+    for flip in (0, len(words) // 2, len(words) - 1):
+        bad = words.copy()
+        bad[flip] ^= np.uint32(1 << 7)
+        with pytest.raises((codec.CodecError, ValueError)):
+            decoded = hierarchy.decode_stream(model, bad, 4, 12, "bitswap", b"test", seed, stripped)
+            assert np.array_equal(decoded.reshape(images.shape), images)  # silent garbage is a failure too
+            raise AssertionError("a corrupted stream decoded to the right images")

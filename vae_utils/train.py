@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="a JSON file of settings (as written to config.json); flags override it")
     p.add_argument("--resume", type=Path, help="continue a run from its last.pt, exactly as if never stopped")
+    p.add_argument("--stop-after", type=int, help="stop once this epoch is done, as if interrupted there: the schedule stays that of --epochs, and --resume continues it (default: run to --epochs)")
     p.add_argument("--data", choices=data.KINDS, help=f"binarized: Bernoulli likelihood, dynamic binarization in training; 8bit: discretized logistic mixture (default {defaults.data})")
     p.add_argument("--model", choices=tuple(MODELS), help=f"conv: ConvVAE; fc: the fully connected FCVAE (the classic 784-400-20 with --hidden-dim 400 --latent-dim 20); hvae: the hierarchical VAE (--latent-dims) (default {defaults.model})")
     p.add_argument("--latent-dim", type=int, help=f"number of latent dimensions (default {defaults.latent_dim})")
@@ -382,7 +383,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise SystemExit(f"error: cannot read --config {args.config}: {error}") from None
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume", "stop_after")}
     values.update(overrides)
     if args.resume is not None and args.config is None:
         stored = read_checkpoint(args.resume)["train_config"] or {}  # the config only; Trainer loads the weights
@@ -399,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         device = f"{trainer.device} ({threads} thread{'s' * (threads != 1)})" if trainer.device.type == "cpu" else trainer.device
         print(f"training {type(trainer.model).__name__} ({trainer.model.num_parameters():,} parameters) on "
               f"{config.data} MNIST, device {device}, from epoch {trainer.epoch} to {config.epochs}", flush=True)  # fmt: skip
-        history = trainer.fit()
+        if args.stop_after is not None and args.stop_after < 1:
+            raise ValueError(f"--stop-after must be a positive epoch number, got {args.stop_after}")
+        history = trainer.fit(stop_after=args.stop_after)
     except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -90,7 +90,7 @@ def _log_bucket_mass(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
 def component_posterior(buckets: np.ndarray, components: tuple, latent_bits: int) -> np.ndarray:
     """q(k | z) for a mixture prior, ``(K,)`` float64: w_k P(z | k) normalized, where P(z | k) is the mass of
     the buckets ``(D,)`` of z under component k, the product over dimensions."""
-    log_weights, mu, logvar = (t.double() for t in components)
+    log_weights, mu, logvar = (t.detach().double() for t in components)
     edges, _ = _grid(latent_bits)
     index = torch.from_numpy(buckets.astype(np.int64))
     sigma = torch.exp(0.5 * logvar)
