@@ -40,7 +40,7 @@ RUNS = {
 }
 CONTROL_COMMAND = (
     "OMP_NUM_THREADS=1 python -m vae_utils.train --model conv --data binarized --encoder-dense-layers 2 "
-    "--init-from checkpoints/conv_binarized/best.pt --epochs 4 --batch-size 64 --lr 2e-4 --lr-warmup-epochs 0.25 "
+    "--init-from checkpoints/conv_binarized/best.pt --epochs 2 --batch-size 64 --lr 2e-4 --lr-warmup-epochs 0.25 "
     "--kl-warmup-epochs 0 --seed 0 --no-progress --out runs/conv_binarized_more"
 )
 K, SEED = 1000, 0

@@ -24,7 +24,9 @@ the stack holds enough bits; only the initial bits differ (Chapter 8 measures th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 
 import numpy as np
 import torch
@@ -39,10 +41,22 @@ from vae_utils.codec.bitsback import (
     latent_mask,
     posterior_bucket_probs,
 )
-from vae_utils.codec.format import _MODELS, CodecError
+from vae_utils.codec.format import (
+    _ANS,
+    _MODELS,
+    DEEP_ORDERS,
+    CodecError,
+    Compressed,
+    Header,
+    _bar,
+    _finish,
+    _one_thread,
+    initial_words,
+    read_header,
+)
 from vae_utils.elbo import is_hierarchical
 
-ORDERS = ("bitswap", "bbans")
+ORDERS = DEEP_ORDERS
 """The orders in which a model with several latent layers can be coded (see the module docstring)."""
 
 
@@ -255,8 +269,6 @@ def encode_stream(
     """Push every image of ``symbols: (N, 784) int32`` on one stack that starts from the ``seed`` words,
     first image first. Returns the stack's words, how many bottom words are the seed's and untouched
     (``stripped``, left out of a file), and each image's net cost in bits ``(N,)`` (measured on the stack)."""
-    from vae_utils.codec.format import _ANS, _bar, _one_thread
-
     order = _check_order(order)
     coder = _ANS(seed.copy())
     levels, low = [coder.num_valid_bits()], coder.num_words()
@@ -278,8 +290,6 @@ def decode_stream(
 ) -> np.ndarray:  # fmt: skip
     """The inverse of :func:`encode_stream`: ``words`` without the ``stripped`` seed words -> the images'
     symbols ``(N, 784) uint8``; the stack must end in exactly the seed."""
-    from vae_utils.codec.format import _ANS, _bar, _one_thread
-
     coder = _ANS(np.concatenate([seed[:stripped], words]))
     out = np.empty((n_images, 784), dtype=np.uint8)
     with _one_thread():
@@ -289,3 +299,35 @@ def decode_stream(
     if not np.array_equal(coder.get_compressed(), seed):
         raise CodecError("the stream does not end in its initial bits: the file is corrupted (or its header was edited)")
     return out
+
+
+def compress_deep(
+    model, images: np.ndarray, latent_bits: int, order: str, mid: bytes, progress: bool = False
+) -> Compressed:
+    """A ``lossless-binary-deep`` or ``lossless-8bit-deep`` file (format version 2) of ``images`` (checked by the
+    caller, :func:`vae_utils.codec.compress`): every image on one stack, its layers in ``order``."""
+    start = time.perf_counter()
+    mode = "lossless-binary-deep" if model.likelihood == "bernoulli" else "lossless-8bit-deep"
+    header = Header(mode, mid, len(images), latent_bits=latent_bits, seed_words=seed_words(model), version=2,
+                    order=_check_order(order), layers=layer_count(model))  # fmt: skip
+    key = header.seed_key()
+    seed = initial_words(key, header.seed_words)
+    symbols = images.reshape(len(images), -1).astype(np.int32)
+    words, stripped, net_bits = encode_stream(model, symbols, latent_bits, order, key, seed, progress)
+    blob = _finish(dataclasses.replace(header, stripped_words=stripped), words[stripped:])
+    initial = 32.0 * (len(words) - stripped) - net_bits.sum()
+    return Compressed(blob, read_header(blob), net_bits, float(initial), time.perf_counter() - start)
+
+
+def decode_deep(model, header: Header, payload: np.ndarray, progress: bool = False) -> np.ndarray:
+    """The images ``(N, 28, 28) uint8`` of a ``-deep`` file, whose header matches ``model`` (checked by
+    :func:`vae_utils.codec.decompress`)."""
+    if not is_deep(model) or layer_count(model) != header.layers:
+        kind = f"{layer_count(model)} latent layers" if is_deep(model) else "one latent layer and an N(0, I) prior"
+        raise CodecError(f"the file codes {header.layers} latent layers, but the given model has {kind}; "
+                         "decompress with the checkpoint that compressed it")  # fmt: skip
+    key = header.seed_key()
+    seed = initial_words(key, header.seed_words)
+    images = decode_stream(model, payload, header.n_images, header.latent_bits, header.order, key, seed,
+                           header.stripped_words, progress)  # fmt: skip
+    return images.reshape(header.n_images, header.height, header.width)
