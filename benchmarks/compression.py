@@ -82,10 +82,10 @@ def orders(run: Path, images: np.ndarray) -> dict:
     return out
 
 
-def deep_rows(binary: np.ndarray, order_images: int) -> list[dict]:
+def deep_rows(binary: np.ndarray, order_images: int, runs: tuple[str, ...] = DEEP_RUNS) -> list[dict]:
     """Chapter 8's models on ``binary``, Bit-Swap order, each with its two orders on the first images."""
     rows = []
-    for name in DEEP_RUNS:
+    for name in runs:
         run = ROOT / "checkpoints" / name
         if not (run / "best.pt").is_file():
             print(f"{name}: no checkpoint, skipped")
@@ -129,13 +129,18 @@ def main() -> None:
                         help="first N images coded in both orders, Bit-Swap and BB-ANS (default 100)")
     parser.add_argument("--only-deep", action="store_true",
                         help="code Chapter 8's models only and replace their rows in --out, keeping the rest")
+    parser.add_argument("--deep-runs", nargs="+", choices=DEEP_RUNS, default=DEEP_RUNS,
+                        help="with --only-deep: which of Chapter 8's models to code (default: both)")
     args = parser.parse_args()
     deep_binary = data.split_images("test", "binarized")[: args.deep_images or args.n_images]
     if args.only_deep:
         results = json.loads(args.out.read_text())
         start = time.perf_counter()
-        kept = [row for row in results["binarized"] if row["name"] not in {f"VAE bits-back ({n})" for n in DEEP_RUNS}]
-        results["binarized"] = kept[:1] + deep_rows(deep_binary, args.order_images) + kept[1:]
+        new = {row["name"]: row for row in deep_rows(deep_binary, args.order_images, args.deep_runs)}
+        old = {row["name"]: row for row in results["binarized"] if row["name"].startswith("VAE bits-back")}
+        deep = [new.get(f"VAE bits-back ({n})", old.get(f"VAE bits-back ({n})")) for n in DEEP_RUNS]
+        rest = [row for row in results["binarized"] if row["name"] not in {f"VAE bits-back ({n})" for n in DEEP_RUNS}]
+        results["binarized"] = rest[:1] + [row for row in deep if row] + rest[1:]
         results["deep_seconds"] = time.perf_counter() - start
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         for row in results["binarized"][: 1 + len(DEEP_RUNS)]:
