@@ -12,7 +12,7 @@ browser) and checks what a reader meets:
 - at 1280 px, no code or output block wider than its column;
 - at 400 px (phone) and 800 px (tablet), the navigation drawer opens; at 1280 px, the ☰ button hides
   the navigation sidebar;
-- images carry real alt text; every internal link resolves (file and anchor);
+- images carry real alt text; every internal link resolves (file and anchor); a chapter offers its .ipynb;
 - over a local http server and over ``file://``, searching for "bits-back" finds pages.
 
 It prints a report per page, writes screenshots of each chapter at desktop and phone width to
@@ -463,6 +463,8 @@ def check_page(context, site: Path, name: str, shots: Path | None) -> PageReport
             report.fail("redirect", f"redirects to {target}, which does not exist")
         return report
     check_duplicate_scripts(html, report)
+    if is_chapter(name) and not BeautifulSoup(html, "html.parser").select('a[href$=".ipynb"]'):
+        report.fail("download-ipynb", "the chapter's download menu does not offer its .ipynb")
     page = new_page(context, report)
     page.set_viewport_size(DESKTOP)
     page.goto(url)
