@@ -1,7 +1,7 @@
 """tools/check_site.py finds what it promises to find, on a small site made here.
 
 Each page below breaks one rule (raw TeX, a request to another host, a console error, a code block wider
-than its column, a broken link, an image without alt text, a duplicate script) and one page breaks none;
+than its column, a broken link, an image without alt text, a duplicate script, an unfolded solution) and one page breaks none;
 the checker must fail exactly the broken ones, for the right reason. Needs Debian's chromium
 (`apt-get install -y chromium`; .ci/run installs it).
 """
@@ -36,6 +36,7 @@ PAGES = {
                  + "</pre></div>"),
     "brokenlink": ("", '<a href="missing.html">gone</a> <a href="other.html#nowhere">no anchor</a>'),
     "noalt": ("", '<img src="x.png" alt="3f2a9c0d8e7b6a5f4e3d2c1b0a9f8e7d.png">'),
+    "unfolded": ("", '<div class="solution"><p>the answer, in plain sight</p></div>'),
     "dupscript": ('<script src="a.js"></script><script src="a.js?v=2"></script>', "<p>text</p>"),
 }
 
@@ -71,6 +72,7 @@ def report(tmp_path_factory):
         ("brokenlink.html", "broken-link"),
         ("noalt.html", "img-alt"),
         ("dupscript.html", "duplicate-script"),
+        ("unfolded.html", "solution-toggle"),
     ],
 )
 def test_each_broken_page_fails_its_check(report, page, check):
