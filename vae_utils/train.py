@@ -709,9 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError, TrainingDivergedError) as error:
         print(f"error{where}: {error}", file=sys.stderr, flush=True)
         return 2
-    except dist.DistError as error:  # another process stopped, or the network failed: it says why
-        print(f"error{where}: waiting for the other processes failed ({str(error).splitlines()[0]}); another "
-              "process has probably stopped: its own error names the cause", file=sys.stderr, flush=True)  # fmt: skip
+    except RuntimeError as error:  # DistError is one: a collective failed, another process stopped
+        if not several:
+            raise
+        print(f"error{where}: {str(error).splitlines()[0][:300]}\nThis process stops too; if another process "
+              "stopped first, its own error above names the cause", file=sys.stderr, flush=True)  # fmt: skip
         return 2
     finally:
         if several and dist.is_initialized():
