@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def run_kind(kind: str, args) -> dict:
     for row in rows:
         row["gap_to_float32_percent"] = 100 * (row["bits_per_dim"] / base["bits_per_dim"] - 1)
         row["bytes_vs_float32"] = row["model_bytes"] / base["model_bytes"]
-    return {"classical": {"name": classical["name"], "bytes_per_image": classical["bytes_per_image"]},
+    return {"command": "python benchmarks/model_compression.py " + " ".join(sys.argv[1:]),
+            "classical": {"name": classical["name"], "bytes_per_image": classical["bytes_per_image"]},
             "parameters": model.num_parameters(), "variants": rows}  # fmt: skip
 
 
