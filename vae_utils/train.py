@@ -140,12 +140,13 @@ class Trainer:
     LOG_FIELDS = ("epoch", "step", "lr", "beta", "train_nelbo", "train_rate", "train_distortion",
                   "val_nelbo", "val_rate", "val_distortion", "val_bits_per_dim", "epoch_seconds", "train_seconds")  # fmt: skip
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, model: torch.nn.Module | None = None) -> None:
+        """``model``: start from these weights instead of fresh ones (e.g. a pruned model, whose masks it keeps)."""
         self.config = config
         self.out = Path(config.out)
         self.device = pick_device(config.device)
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = MODELS[config.model](**config.model_kwargs()).to(self.device)
+        self.model = (model if model is not None else MODELS[config.model](**config.model_kwargs())).to(self.device)
         splits = data.mnist_splits(seed=config.split_seed)
         train_images = splits["train"].images[: config.train_subset or None]
         # binarized: grey levels go in, every batch is binarized afresh (dynamic binarization)
