@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     x_val = data.split_tensor("validation", "binarized")[: args.val_subset or None]
     results["val_images"] = len(x_val)
     n_train = args.train_subset or len(data.mnist_splits(seed=0)["train"].labels)
+    results["train_images"] = n_train
     print(f"ConvVAE, binarized MNIST, {args.epochs} epochs on {n_train:,} training images, "
           f"validated on {len(x_val):,} images")
     print(f"{'variant':22s} {'seed':>4s} {'params':>9s} {'val -ELBO':>9s} {'rate':>6s} "
