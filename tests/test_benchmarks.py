@@ -1,5 +1,5 @@
-"""benchmarks/architecture.py: it writes the results file the chapters read, and continues instead of
-repeating runs it already has."""
+"""The benchmarks whose results files the chapters read: architecture.py writes its file and continues
+instead of repeating runs it already has; batching.py writes both speeds and their ratio."""
 
 import importlib.util
 import json
@@ -10,12 +10,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def architecture():
-    spec = importlib.util.spec_from_file_location("architecture", ROOT / "benchmarks" / "architecture.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def architecture():
+    return load_script("architecture")
 
 
 def test_summary_pairs_each_variant_with_the_reference_seed_by_seed(architecture):
@@ -51,3 +55,13 @@ def test_writes_the_results_file_and_does_not_repeat_a_run(architecture, tmp_pat
     assert architecture.main(argv) == 0
     assert json.loads(results.read_text())["runs"] == stored["runs"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_batching_writes_both_speeds_and_their_ratio(tmp_path):
+    results = tmp_path / "batching.json"
+    assert load_script("batching").main(["--repeats", "1", "--json", str(results)]) == 0
+    stored = json.loads(results.read_text())
+    speeds = stored["images_per_second"]
+    assert set(speeds) == {"DataLoader", "DeviceBatches"} and min(speeds.values()) > 0
+    assert stored["speedup"] == pytest.approx(speeds["DeviceBatches"] / speeds["DataLoader"])
+    assert stored["images"] == 50_000 and stored["batch_size"] == 128
