@@ -5,8 +5,11 @@ import inspect
 import matplotlib
 import numpy as np
 import pytest
+import torch
 
 matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
 
 from vae_utils import elbo, plots  # noqa: E402
 
@@ -102,3 +105,33 @@ def test_flow_diagram_draws_every_box_and_arrow_and_checks_names():
     with pytest.raises(ValueError, match="do not exist"):
         plots.flow_diagram(nodes, [("x", "nowhere", "")], kinds={"net": "b", "bytes": "c"})
     plt.close("all")
+
+
+def test_trace_stages_lists_each_layer_with_its_activation_and_shape():
+    from vae_utils.model import ConvVAE
+
+    stages = plots.trace_stages(ConvVAE().encoder, torch.zeros(1, 1, 28, 28))
+    conv = "conv 4×4\nstride 2\n+ ReLU"
+    assert stages == [
+        (conv, (32, 14, 14)), (conv, (64, 7, 7)), ("flatten", (3136,)), ("dense\n+ ELU", (256,)), ("dense", (64,))
+    ]
+
+
+def test_architecture_diagram_labels_every_tensor_with_its_traced_shape():
+    from vae_utils.model import ConvVAE, FCVAE
+
+    ax = plots.architecture_diagram(ConvVAE(latent_dim=16, channels=(8, 16)))
+    labels = [text.get_text().split("\n")[0] for text in ax.texts]
+    for shape in ("1×28×28", "8×14×14", "16×7×7", "784", "256", "32", "16"):
+        assert shape in labels
+    assert labels.count("1×28×28") == 2  # the image in, the Bernoulli logits out
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["encoder q(z | x)", "latent z", "decoder p(x | z)"]
+    ax = plots.architecture_diagram(FCVAE())
+    assert "400" in [text.get_text().split("\n")[0] for text in ax.texts]
+    plt.close("all")
+
+
+def test_architecture_diagram_refuses_what_is_not_a_vae():
+    with pytest.raises(TypeError, match="vae_utils VAE"):
+        plots.architecture_diagram(torch.nn.Linear(2, 2))

@@ -233,3 +233,109 @@ def image_grid(images, ncols: int = 10, ax=None, title: str | None = None, size:
     if title:
         ax.set_title(title)
     return ax
+
+
+_ACTIVATIONS = ("ReLU", "ELU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "SiLU")
+_ROLE_COLOURS = {"encoder": "tab:blue", "latent": "tab:green", "decoder": "tab:orange"}
+
+
+def _operation(layer: torch.nn.Module) -> str:
+    """What ``layer`` does, in a line or two: 'conv 4×4\nstride 2', 'dense', 'flatten', ..."""
+    kind = type(layer).__name__
+    if kind in ("Conv2d", "ConvTranspose2d"):
+        k, stride = layer.kernel_size, layer.stride[0]
+        name = "conv" if kind == "Conv2d" else "transposed\nconv"
+        return f"{name} {k[0]}×{k[1]}" + (f"\nstride {stride}" if stride > 1 else "")
+    return {"Linear": "dense", "Flatten": "flatten", "Unflatten": "reshape"}.get(kind, kind)
+
+
+def trace_stages(sequential: torch.nn.Sequential, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """Run ``x`` through ``sequential`` and list ``(operation, output shape without the batch)`` per
+    stage, an activation joining the layer before it ('dense\n+ ELU')."""
+    stages = []
+    with torch.no_grad():
+        for layer in sequential:
+            x = layer(x)
+            name, shape = _operation(layer), tuple(x.shape[1:])
+            if name in _ACTIVATIONS and stages:
+                stages[-1] = (f"{stages[-1][0]}\n+ {name}", shape)
+            else:
+                stages.append((name, shape))
+    return stages
+
+
+def _draw_block(ax, x_centre: float, y: float, shape: tuple[int, ...], colour: str, size: float = 0.9
+                ) -> tuple[float, float]:
+    """Draw a tensor centred at (x_centre, y); return its half width and half height. A (C, H, W) map is a square as
+    tall as H, stacked deeper for more channels; a vector is a thin bar whose height grows with the log
+    of its length."""
+    style = {"facecolor": colour, "edgecolor": "0.2", "lw": 0.8}
+    if len(shape) == 3:
+        channels, side = shape[0], size * shape[1] / 28
+        layers = 1 + int(np.ceil(np.log2(channels) / 2))  # 1 channel: 1 sheet, 64: 4
+        step = 0.07
+        for i in reversed(range(layers)):
+            offset = i * step - (layers - 1) * step / 2
+            ax.add_patch(plt.Rectangle((x_centre - side / 2 + offset, y - side / 2 + offset), side, side,
+                                       **style))
+        half = side / 2 + (layers - 1) * step / 2
+        return half, half
+    height = size * np.log10(shape[0] + 1) / np.log10(28 * 28 * 4)
+    ax.add_patch(plt.Rectangle((x_centre - 0.05, y - height / 2), 0.1, height, **style))
+    return 0.05, height / 2
+
+
+def architecture_diagram(model, ax=None):
+    """Draw a VAE's encoder and decoder as blocks, one per tensor, with the shape of each tensor and
+    the operation that makes it. The shapes are traced from a forward pass of one blank image, so the
+    picture is the model's, not a drawing of it. The encoder runs left to right along the top, the
+    latent ``z`` sits at the turn, and the decoder runs back along the bottom. Made for the book's
+    small models: a row of more than about seven stages gets crowded."""
+    if not (hasattr(model, "encoder") and hasattr(model, "decoder") and hasattr(model, "latent_dim")):
+        raise TypeError(f"model must be a vae_utils VAE (with encoder, decoder and latent_dim), "
+                        f"got {type(model).__name__}")
+    p = next(model.parameters())
+    x = torch.zeros(1, 1, 28, 28, dtype=p.dtype, device=p.device)
+    top = [("", (1, 28, 28))] + trace_stages(model.encoder, x)
+    z = torch.zeros(1, model.latent_dim, dtype=p.dtype, device=p.device)
+    bottom = [("", (model.latent_dim,))] + trace_stages(model.decoder, z)
+    notes = {("top", 0): "image x", ("top", -1): "μ, log σ²", ("bottom", 0): "z",
+             ("bottom", -1): "p(x | z)'s\nparameters"}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.6))
+    width, rows = 10.0, {"top": 4.5, "bottom": 1.35}
+
+    def draw_row(row, stages, roles):
+        xs = np.linspace(0.5, width - 0.5, len(stages))
+        size = min(0.9, 0.5 * (xs[1] - xs[0]))  # blocks shrink when a row has many stages
+        xs, sign = (xs, 1) if row == "top" else (xs[::-1], -1)
+        y, previous_edge = rows[row], None
+        for i, ((operation, shape), x_centre, role) in enumerate(zip(stages, xs, roles)):
+            half_w, half_h = _draw_block(ax, x_centre, y, shape, _ROLE_COLOURS[role], size)
+            label = "×".join(map(str, shape))
+            note = notes.get((row, i)) or notes.get((row, i - len(stages)))
+            label += f"\n{note}" if note else ""
+            ax.text(x_centre, y - max(half_h, 0.3) - 0.08, label, ha="center", va="top", linespacing=1.1)
+            if i > 0:
+                ax.annotate("", (x_centre - sign * (half_w + 0.08), y), (previous_edge, y),
+                            arrowprops={"arrowstyle": "->", "color": "0.3", "shrinkA": 0, "shrinkB": 0})
+                ax.text((xs[i - 1] + x_centre) / 2, y + 0.1, operation, ha="center", va="bottom",
+                        linespacing=1.1)
+            previous_edge = x_centre + sign * (half_w + 0.08)
+        return xs
+
+    top_xs = draw_row("top", top, ["encoder"] * len(top))
+    bottom_xs = draw_row("bottom", bottom, ["latent"] + ["decoder"] * (len(bottom) - 1))
+    turn = (rows["top"] + rows["bottom"]) / 2 + 0.25
+    ax.annotate("", (bottom_xs[0], rows["bottom"] + 0.4), (top_xs[-1], rows["top"] - 1.0),
+                arrowprops={"arrowstyle": "->", "color": "0.3"})
+    ax.text(top_xs[-1] - 0.15, turn, f"split: {model.latent_dim} + {model.latent_dim}\nz = μ + σ·ε",
+            ha="right", va="center", linespacing=1.1)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="0.2") for c in _ROLE_COLOURS.values()]
+    ax.legend(handles, ["encoder q(z | x)", "latent z", "decoder p(x | z)"], loc="lower center",
+              bbox_to_anchor=(0.5, 0.97), frameon=False, ncol=3)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0.0, 5.9)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    return ax
