@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks lab clean
+.PHONY: book test notebooks lab clean assignments check grade lab-assignments
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-book: $(STAMP)
+book: $(STAMP) assignments
 	$(BIN)/jupyter-book build . -W --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
@@ -28,6 +28,29 @@ lab: $(STAMP)
 # Re-execute every chapter in place (fresh kernel, outputs saved), e.g. after changing vae_utils.
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+
+# The assignments (nbgrader): `make assignments` writes the student versions to
+# assignments/release/<id>/; a student runs the visible tests of a notebook with
+# `make check NB=path/to/a1_elbo.ipynb`; a teacher grades SUBMISSIONS/<student>/<id>.ipynb
+# into $(GRADED)/grades.csv with `make grade SUBMISSIONS=folder`. See book/teaching.md.
+TIME_LIMIT ?= 300
+GRADED ?= graded
+
+assignments: $(STAMP)
+	$(BIN)/python assignments/classroom.py generate
+
+check: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make check NB=path/to/a1_elbo.ipynb"; exit 2; }
+	$(BIN)/python assignments/classroom.py check "$(NB)" --time-limit $(TIME_LIMIT)
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder [GRADED=graded] [TIME_LIMIT=300]"; exit 2; }
+	$(BIN)/python assignments/classroom.py grade "$(SUBMISSIONS)" --out "$(GRADED)" --time-limit $(TIME_LIMIT)
+
+# JupyterLab on the assignments: source/ (solutions), release/ (student versions), and
+# nbgrader's Formgrader for this course.
+lab-assignments: $(STAMP) assignments
+	cd assignments && ../$(BIN)/jupyter lab
 
 clean:
 	rm -rf _build
