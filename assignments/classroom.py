@@ -273,6 +273,9 @@ def _last_error_line(traceback_text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line):
+            line = line.rstrip(":").strip()
+            if line == "NotImplementedError":
+                return "NotImplementedError (a function you have not written yet)"
             return line[:160]
     return lines[-1][:160] if lines else "failed"
 
