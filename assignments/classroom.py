@@ -118,6 +118,16 @@ def course_config(root: Path, time_limit: int = DEFAULT_TIME_LIMIT):
     return config
 
 
+def _one_thread_kernels() -> None:
+    """Run the notebooks' PyTorch on one thread (unless OMP_NUM_THREADS says otherwise).
+
+    On a machine busy with other work, two threads that wait for each other slow a
+    notebook down many times over: on the book's shared 2-core machine A2 took more than
+    15 minutes with two threads and about 3 with one. One thread also makes the results
+    independent of the number of cores."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def _use_this_python() -> None:
     """Put this Python's ``bin`` first on PATH: nbgrader's gradebook runs the ``alembic``
     command, and kernels start from there, also when the virtual environment is not
@@ -131,6 +141,7 @@ def _api(root: Path, time_limit: int = DEFAULT_TIME_LIMIT):
     from nbgrader.apps import NbGraderAPI
 
     _use_this_python()
+    _one_thread_kernels()
     _quiet_logging()
     return NbGraderAPI(config=course_config(root, time_limit))
 
@@ -233,6 +244,8 @@ def check(notebook: Path, time_limit: int = DEFAULT_TIME_LIMIT, out=sys.stdout) 
     tests = test_cells(nb)
     if not tests:
         raise ClassroomError(f"{notebook.name} has no test cells: is it one of the book's assignments?")
+    _use_this_python()
+    _one_thread_kernels()
     _quiet_logging()
     config = course_config(COURSE, time_limit)
     limited = _notebook_time_limit_class()

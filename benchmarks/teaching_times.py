@@ -51,7 +51,7 @@ def time_notebook(path: Path, scratch: Path) -> dict:
     cpu = (after_cpu.ru_utime - before_cpu.ru_utime) + (after_cpu.ru_stime - before_cpu.ru_stime)
     entry = {"path": str(path.relative_to(BOOK)), "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
              "load_average_before": round(load_before, 1), "load_average_after": round(os.getloadavg()[0], 1),
-             "ok": result.returncode == 0}
+             "ok": result.returncode == 0, "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
     if result.returncode != 0:
         entry["error"] = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
     return entry
