@@ -64,12 +64,12 @@ TITLES = {"a1_elbo": "A1 (solution)", "a2_conv_vae": "A2 (solution)", "a3_iwae":
 def markdown_table(results: dict) -> str:
     """The table of ``book/teaching.md``: one row per notebook, wall-clock and CPU minutes."""
     rows = ["| notebook | wall clock | CPU time |", "|---|---|---|"]
-    for name, entry in results["notebooks"].items():
+    for name, entry in sorted(results["notebooks"].items()):  # chapters 01..06, then A1..A4
         if name in TITLES:  # the website shows the student version, not the source with solutions
             link = f"{{doc}}`{TITLES[name]} <../assignments/release/{name}/{name}>`"
         else:
             link = f"{{doc}}`Chapter {int(name[:2])} <../{entry['path'].removesuffix('.ipynb')}>`"
-        rows.append(f"| {link} | {entry['wall_seconds'] / 60:.1f} min | {entry['cpu_seconds'] / 60:.1f} min |")
+        rows.append(f"| {link} | {entry['wall_seconds'] / 60:.1f} min | {entry['cpu_seconds']:.0f} s |")
     return "\n".join(rows)
 
 
