@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks lab check-site pdf clean
+.PHONY: book test notebooks lab check-site pdf clean assignments check grade lab-assignments
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-book: $(STAMP)
+book: $(STAMP) assignments
 	$(BIN)/jupyter-book build . -W --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
@@ -34,13 +34,36 @@ check-site: $(STAMP)
 	$(BIN)/python tools/check_site.py $(PAGES)
 
 # The whole book as one PDF, offline: the single-page build printed by the system Chromium -> _build/pdf/book.pdf
-pdf: $(STAMP)
+pdf: $(STAMP) assignments
 	$(BIN)/jupyter-book build . --builder singlehtml -W --keep-going
 	$(BIN)/python tools/book_pdf.py
 
 # Re-execute every chapter in place (fresh kernel, outputs saved), e.g. after changing vae_utils.
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+
+# The assignments (nbgrader): `make assignments` writes the student versions to
+# assignments/release/<id>/; a student runs the visible tests of a notebook with
+# `make check NB=path/to/a1_elbo.ipynb`; a teacher grades SUBMISSIONS/<student>/<id>.ipynb
+# into $(GRADED)/grades.csv with `make grade SUBMISSIONS=folder`. See book/teaching.md.
+TIME_LIMIT ?= 300
+GRADED ?= graded
+
+assignments: $(STAMP)
+	$(BIN)/python assignments/classroom.py generate
+
+check: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make check NB=path/to/a1_elbo.ipynb"; exit 2; }
+	$(BIN)/python assignments/classroom.py check "$(NB)" --time-limit $(TIME_LIMIT)
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder [GRADED=graded] [TIME_LIMIT=300]"; exit 2; }
+	$(BIN)/python assignments/classroom.py grade "$(SUBMISSIONS)" --out "$(GRADED)" --time-limit $(TIME_LIMIT)
+
+# JupyterLab on the assignments: source/ (solutions), release/ (student versions), and
+# nbgrader's Formgrader for this course.
+lab-assignments: $(STAMP) assignments
+	cd assignments && ../$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _build
