@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks lab clean
+.PHONY: book test notebooks lab check-site clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,17 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Open JupyterLab on the chapters (sets up .venv on first use).
+# Open JupyterLab on the chapters (sets up .venv on first use). LAB_ARGS passes options to it
+# (e.g. LAB_ARGS="--no-browser --port=8899"); as root (a container) it adds --allow-root.
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Check the built site in headless Chromium (math, console, requests, overflow, navigation, search, links);
+# screenshots of the chapters go to _build/screenshots/. PAGES picks pages, e.g. PAGES="notebooks/03_elbo book/*".
+PAGES ?=
+check-site: $(STAMP)
+	$(BIN)/python tools/check_site.py $(PAGES)
 
 # Re-execute every chapter in place (fresh kernel, outputs saved), e.g. after changing vae_utils.
 notebooks: $(STAMP)

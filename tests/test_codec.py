@@ -298,8 +298,8 @@ def test_wrong_magic_version_and_mode(small_files, binary_model):
     blob = small_files[0]["lossless"]
     with pytest.raises(codec.CodecError, match="not a vae_utils codec file.*b'PNG"):
         codec.read_header(b"PNG!" + blob[4:])
-    with pytest.raises(codec.CodecError, match="format version 2, but this vae_utils reads version 1"):
-        codec.read_header(recrc(blob[:4] + b"\x02" + blob[5:]))
+    with pytest.raises(codec.CodecError, match="format version 3, but this vae_utils reads versions 1 to 2"):
+        codec.read_header(recrc(blob[:4] + b"\x03" + blob[5:]))
     with pytest.raises(codec.CodecError, match="unknown mode 7"):
         codec.read_header(recrc(blob[:5] + b"\x07" + blob[6:]))
     lossless_as_lossy = recrc(blob[:5] + b"\x02" + blob[6:])

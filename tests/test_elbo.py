@@ -378,3 +378,21 @@ def test_bad_inputs_raise_clear_errors():
         E.iwae_bound(TinyVAE(), X_TINY, 0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         E.iwae_bound(TinyVAE(), X_TINY, 5, chunk_size=0)
+
+
+def test_value_checks_can_be_turned_off_for_a_block():
+    """The trainer turns off the checks that read values (each one waits for the device); shapes still count."""
+    from vae_utils.model import ConvVAE
+
+    grey = torch.full((2, 1, 28, 28), 0.5)
+    with pytest.raises(ValueError, match="needs binary x"):
+        E.bernoulli_log_likelihood(torch.zeros_like(grey), grey)
+    with E.value_checks(False):
+        assert not E.checking_values()
+        assert E.bernoulli_log_likelihood(torch.zeros_like(grey), grey).shape == (2,)
+        ConvVAE(latent_dim=2, channels=(2, 2), hidden_dim=4).encode(grey * 3)  # out of [0, 1]: not read
+        with pytest.raises(ValueError, match="same shape"):
+            E.bernoulli_log_likelihood(torch.zeros(2, 1, 28, 27), grey)
+    assert E.checking_values()
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        ConvVAE(latent_dim=2, channels=(2, 2), hidden_dim=4).encode(grey * 3)

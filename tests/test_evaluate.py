@@ -199,3 +199,33 @@ def test_metrics_table_bad_input():
         evaluate.metrics_table({"a": _metrics(90.0)}, unit="bits")
     with pytest.raises(ValueError, match=r"runs \['b'\] have no 'test' metrics"):
         evaluate.metrics_table({"a": _metrics(90.0), "b": {"epoch": 3}})
+
+
+def test_iwae_decodes_many_samples_per_call_and_gets_the_same_numbers(model_and_data):
+    """A GPU decodes all k samples of a batch in one call; on the CPU that gives the 32-at-a-time numbers
+    up to rounding, and the CPU default is exactly the arithmetic of calling iwae_bound batch by batch."""
+    from vae_utils.elbo import iwae_bound
+
+    model, x = model_and_data
+    default = evaluate.per_image_iwae_nll(model, x, k=100, batch_size=20)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        by_hand = torch.cat([-iwae_bound(model, batch, 100, generator=generator).double() for batch in x.split(20)])
+    assert torch.equal(default, by_hand)
+    batched = evaluate.per_image_iwae_nll(model, x, k=100, batch_size=20, chunk_size=100)
+    torch.testing.assert_close(batched, default, rtol=1e-5, atol=1e-3)
+    assert not torch.equal(batched, evaluate.per_image_iwae_nll(model, x, k=100, batch_size=20, seed=1))
+
+
+def test_evaluate_run_records_its_device(tmp_path, monkeypatch):
+    config = train.TrainConfig(latent_dim=4, channels=(4, 8), hidden_dim=16, epochs=1, train_subset=128,
+                               val_subset=50, progress=False, out=str(tmp_path / "run"))  # fmt: skip
+    train.Trainer(config).fit()
+    monkeypatch.setattr(evaluate, "test_set_for", lambda ckpt: (data.split_tensor("test", "binarized")[:40],
+                                                                  data.get_split("test").labels[:40]))  # fmt: skip
+    metrics = evaluate.evaluate_run(tmp_path / "run", k=2, progress=False, device="cpu")
+    assert metrics["device"].startswith("cpu (")
+    bad = subprocess.run([sys.executable, "-m", "vae_utils.evaluate", str(tmp_path / "run"), "--device", "cuda:0",
+                          "--no-progress"], capture_output=True, text=True)  # fmt: skip
+    if not torch.cuda.is_available():
+        assert bad.returncode == 2 and "CUDA is not available" in bad.stderr

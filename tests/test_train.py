@@ -154,7 +154,8 @@ def test_cli_help_explains_every_flag():
     result = _cli("--help")
     assert result.returncode == 0
     for flag in ("--data", "--epochs", "--kl-warmup-epochs", "--resume", "--device", "--config", "--seed",
-                 "--dense-activation", "--encoder-dense-layers", "--lr-warmup-epochs"):  # fmt: skip
+                 "--dense-activation", "--encoder-dense-layers", "--lr-warmup-epochs", "--compile", "--precision",
+                 "--channels-last", "--drop-last", "--nan-check-every", "--dist-timeout", "torchrun"):  # fmt: skip
         assert flag in result.stdout
     assert "dynamic binarization" in result.stdout and "(default: None)" not in result.stdout
 
@@ -219,3 +220,128 @@ def test_read_log_bad_input(tmp_path):
     (tmp_path / "log.csv").write_text("epoch,val_nelbo\n1,90.5\n2,oops\n")
     with pytest.raises(ValueError, match="column 'val_nelbo' holds a value that is not a number"):
         train.read_log(tmp_path / "log.csv")
+
+
+def test_the_functions_chapter_4_prints_fit_the_code_column():
+    import inspect
+    import textwrap
+
+    for function in (train.Trainer.train_epoch, train.Trainer.batch_loss, train.Trainer._ramp, train.Trainer.beta_at):
+        source = textwrap.dedent(inspect.getsource(function))
+        assert max(map(len, source.splitlines())) <= 88, function.__name__
+        assert "fmt: skip" not in source, function.__name__
+
+
+def _poison(trainer, image: int, times: int | None = None):
+    """Make training image ``image`` turn the encoder's input into NaN (``times`` times, else always):
+    a loss that goes NaN at one step, whose position in the epoch the permutation decides."""
+    marker = torch.zeros(1, 28, 28)
+    trainer.batches.x[image] = marker
+    fired = []
+
+    def hook(module, args):
+        hit = module.training and (args[0].flatten(1).sum(1) == 0).any()
+        if hit and (times is None or len(fired) < times):
+            fired.append(1)
+            return (args[0] * float("nan"),)
+
+    trainer.model.encoder.register_forward_pre_hook(hook)
+    order = torch.randperm(len(trainer.batches.x), generator=torch.Generator().manual_seed(trainer.config.seed))
+    return int((order == image).nonzero()) // trainer.config.batch_size + 1  # the 1-based step of epoch 1
+
+
+def test_nan_in_the_middle_of_a_window_is_named_exactly(tmp_path):
+    trainer = train.Trainer(tiny_config(tmp_path, data="8bit", n_components=2, nan_check_every=3))
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(0))
+    step = _poison(trainer, int(order[4 * 64 + 10]))  # in the 5th batch: checks at steps 3 and 6
+    assert step == 5
+    with pytest.raises(train.TrainingDivergedError, match=r"became nan at epoch 1, step 5\. Try a lower --lr"):
+        trainer.fit()
+
+
+def test_nan_in_the_last_steps_of_an_epoch_is_found_at_its_end(tmp_path):
+    trainer = train.Trainer(tiny_config(tmp_path, data="8bit", n_components=2, nan_check_every=100))
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(0))
+    _poison(trainer, int(order[7 * 64]))  # the 8th and last batch
+    with pytest.raises(train.TrainingDivergedError, match=r"became nan at epoch 1, step 8\."):
+        trainer.fit()
+
+
+def test_nan_that_a_rerun_does_not_repeat_names_the_window(tmp_path):
+    trainer = train.Trainer(tiny_config(tmp_path, data="8bit", n_components=2, nan_check_every=3))
+    order = torch.randperm(512, generator=torch.Generator().manual_seed(0))
+    _poison(trainer, int(order[4 * 64]), times=1)  # a fault that happens once (as a flaky kernel might)
+    with pytest.raises(train.TrainingDivergedError, match=r"at one of steps 4 to 6, but re-running.*cannot be named"):
+        trainer.fit()
+
+
+def test_without_nan_the_guard_reads_the_flag_every_n_steps(tmp_path, monkeypatch):
+    reads = []
+    original = train.DivergenceGuard.check
+    monkeypatch.setattr(train.DivergenceGuard, "check", lambda self: reads.append(self.trainer.step) or original(self))
+    train.Trainer(tiny_config(tmp_path, epochs=2, nan_check_every=3)).fit()  # 8 steps an epoch
+    assert reads == [3, 6, 8, 11, 14, 16]
+
+
+def test_speed_options_are_off_by_default_and_old_configs_mean_what_they_meant():
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "conv_binarized" / "config.json"
+    stored = json.loads(shipped.read_text())
+    config = train.TrainConfig.from_dict(stored)
+    assert not {"compile", "precision", "channels_last", "drop_last", "nan_check_every"} & set(stored)
+    assert (config.compile, config.precision, config.channels_last, config.drop_last) == ("off", "fp32", False, False)
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [({"compile": "yes"}, "compile must be one of off, on, graphs"), ({"precision": "fp16"}, "precision must be one"),
+     ({"channels_last": 1}, "channels_last must be true or false"), ({"nan_check_every": 0}, "nan_check_every")],
+)  # fmt: skip
+def test_bad_speed_options(values, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig.from_dict(values)
+
+
+def test_cuda_graphs_need_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="compile 'graphs' captures CUDA graphs and needs a CUDA device.*--compile on"):
+        train.Trainer(tiny_config(tmp_path, compile="graphs", device="cpu"))
+
+
+def test_bf16_trains_like_fp32_with_float32_sums(tmp_path):
+    runs = {p: train.Trainer(tiny_config(tmp_path / p, epochs=4, lr=3e-3, precision=p)) for p in ("fp32", "bf16")}
+    x = runs["bf16"].batches.x[:64].bernoulli(generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", torch.bfloat16):  # the networks compute in bf16 and hand back float32
+        assert runs["bf16"].model.encoder(x).dtype == torch.float32
+        assert runs["fp32"].model.encoder(x).dtype == torch.bfloat16
+    history = {p: trainer.fit() for p, trainer in runs.items()}
+    assert history["bf16"][-1]["val_nelbo"] < history["bf16"][0]["val_nelbo"] - 20
+    assert history["bf16"][-1]["val_nelbo"] == pytest.approx(history["fp32"][-1]["val_nelbo"], abs=1)
+    assert json.loads((tmp_path / "bf16" / "run" / "config.json").read_text())["precision"] == "bf16"
+
+
+def test_channels_last_and_drop_last(tmp_path):
+    plain = train.Trainer(tiny_config(tmp_path / "a", epochs=1, train_subset=500)).fit()
+    nhwc = train.Trainer(tiny_config(tmp_path / "b", epochs=1, train_subset=500, channels_last=True)).fit()
+    assert nhwc[0]["val_nelbo"] == pytest.approx(plain[0]["val_nelbo"], rel=1e-4)
+    dropped = train.Trainer(tiny_config(tmp_path / "c", epochs=1, train_subset=500, drop_last=True))
+    assert len(dropped.batches) == 500 // 64 and {len(x) for x in dropped.batches} == {64}
+    assert dropped.fit()[0]["step"] == 7 and plain[0]["step"] == 8
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """torch.compile on the CPU (inductor): the same run to float rounding, resumable in eager mode."""
+    settings = {"epochs": 2, "train_subset": 256, "kl_warmup_epochs": 1.5}
+    eager = train.Trainer(tiny_config(tmp_path / "eager", **settings)).fit()
+    compiled = train.Trainer(tiny_config(tmp_path / "compiled", compile="on", **settings))
+    history = compiled.fit(stop_after=1)
+    assert history[0]["train_nelbo"] == pytest.approx(eager[0]["train_nelbo"], rel=1e-3)
+    assert history[0]["val_nelbo"] == pytest.approx(eager[0]["val_nelbo"], rel=1e-3)
+    resumed = train.Trainer(tiny_config(tmp_path / "compiled", **settings), resume=tmp_path / "compiled" / "run" / "last.pt")
+    assert resumed.fit()[1]["val_nelbo"] == pytest.approx(eager[1]["val_nelbo"], rel=1e-3)  # compile may change
+
+
+def test_precision_may_not_change_on_resume(tmp_path):
+    train.Trainer(tiny_config(tmp_path, epochs=1)).fit()
+    with pytest.raises(train.CheckpointError, match="different config.*precision"):
+        train.Trainer(tiny_config(tmp_path, epochs=2, precision="bf16"), resume=tmp_path / "run" / "last.pt")

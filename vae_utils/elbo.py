@@ -13,6 +13,7 @@ Two likelihoods for images ``x: (B, 1, H, W)`` in [0, 1]:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,6 +26,29 @@ about 1e-3 of a component's mass in one grey level."""
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+
+_value_checks = True  # see value_checks()
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Turn the input checks that read tensor *values* (x in [0, 1], binary, on the 8-bit grid) on or off
+    inside a ``with`` block; shape and type checks always run.
+
+    Reading a value makes the host wait for the device and splits a ``torch.compile`` graph, once per check.
+    The trainer turns these checks off around its steps, whose batches are binary or 8-bit by construction.
+    """
+    global _value_checks
+    previous, _value_checks = _value_checks, bool(enabled)
+    try:
+        yield
+    finally:
+        _value_checks = previous
+
+
+def checking_values() -> bool:
+    """Whether the value checks are on (they are, outside :func:`value_checks`)."""
+    return _value_checks
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -44,7 +68,7 @@ def _check_float_tensor(name: str, t: object, ndim: int | None, shape_text: str)
 
 def _check_images(x: object) -> torch.Tensor:
     x = _check_float_tensor("x", x, 4, "(B, 1, H, W) with values in [0, 1]")
-    if not ((x >= 0) & (x <= 1)).all():
+    if _value_checks and not ((x >= 0) & (x <= 1)).all():
         raise ValueError(
             f"x must hold values in [0, 1], got min {x.min().item():.4g} and max {x.max().item():.4g}; "
             "convert uint8 images with vae_utils.data.to_tensor"
@@ -54,6 +78,8 @@ def _check_images(x: object) -> torch.Tensor:
 
 def _check_binary(x: object) -> torch.Tensor:
     x = _check_images(x)
+    if not _value_checks:
+        return x
     non_binary = x[(x != 0) & (x != 1)]
     if non_binary.numel():
         raise ValueError(
@@ -69,8 +95,8 @@ def _check_8bit(x: object) -> torch.Tensor:
     """x in [0, 1] as k/255 -> the grey levels k, a long tensor of the same shape."""
     x = _check_images(x)
     levels = x * 255
-    off_grid = (levels - levels.round()).abs() > 1e-4
-    if off_grid.any():
+    off_grid = (levels - levels.round()).abs() > 1e-4 if _value_checks else None
+    if off_grid is not None and off_grid.any():
         raise ValueError(
             f"the logistic_mixture likelihood needs 8-bit x = k/255 (k an integer 0..255), but {int(off_grid.sum())} "
             f"values of x are not, e.g. {x[off_grid][0].item():.6g}; make x with vae_utils.data.to_tensor(images) "

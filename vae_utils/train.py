@@ -1,4 +1,4 @@
-"""Training: the loop, checkpoints, resume, devices; ``python -m vae_utils.train`` (Chapter 4).
+"""Training: the loop, checkpoints, resume, devices, several processes; ``python -m vae_utils.train`` (Ch. 4).
 
 One :class:`TrainConfig` describes a run completely. The run writes into its output folder:
 
@@ -8,13 +8,22 @@ One :class:`TrainConfig` describes a run completely. The run writes into its out
 - ``best.pt``      the weights with the best validation -ELBO so far.
 
 Checkpoints are written atomically (a temporary file, then a rename) and read with ``weights_only=True``.
+
+No training step waits for the device: the epoch's sums stay on it, and so does a NaN/inf flag, which
+:class:`DivergenceGuard` reads every ``nan_check_every`` steps. ``compile``, ``precision`` and
+``channels_last`` make a GPU step faster (off by default; on the CPU they change the floats or gain
+nothing). Under ``torchrun`` every process trains on its share of each batch with DistributedDataParallel:
+see ``book/scaling.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import csv
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -22,11 +31,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
 from vae_utils import data
-from vae_utils.elbo import elbo, nats_to_bits_per_dim
+from vae_utils.elbo import elbo, nats_to_bits_per_dim, value_checks
 from vae_utils.evaluate import per_image_nelbo
 from vae_utils.model import (
     DENSE_ACTIVATIONS,
@@ -40,6 +53,8 @@ from vae_utils.model import (
 )  # fmt: skip
 
 MODELS = {"conv": ConvVAE, "fc": FCVAE}
+COMPILE_MODES = ("off", "on", "graphs")
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -71,12 +86,19 @@ class TrainConfig:
     train_subset: int = 0  # use only the first N training images (0: all); for quick runs and tests
     val_subset: int = 0  # validate on only the first N validation images (0: all)
     device: str = "auto"  # "auto" picks cuda, then mps, then cpu
+    # how the steps run; the defaults are the plain eager loop in float32 (book/scaling.md)
+    compile: str = "off"  # "on": torch.compile; "graphs": torch.compile with CUDA graphs (CUDA only)
+    precision: str = "fp32"  # "bf16": the networks under autocast; likelihood, KL and sums in float32
+    channels_last: bool = False  # convolutions in NHWC memory layout
+    drop_last: bool = False  # skip each epoch's last, smaller batch: every step has one shape
+    nan_check_every: int = 100  # read the device's NaN/inf flag every N steps and at each epoch's end
     out: str = "runs/conv_binarized"
     progress: bool = True
 
     def __post_init__(self) -> None:
         choices = {"data": data.KINDS, "model": tuple(MODELS), "lr_schedule": ("cosine", "constant"),
-                   "dense_activation": tuple(DENSE_ACTIVATIONS)}  # fmt: skip
+                   "dense_activation": tuple(DENSE_ACTIVATIONS), "compile": COMPILE_MODES,
+                   "precision": PRECISIONS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -84,7 +106,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "n_components", "encoder_dense_layers"):
+        for name in ("channels_last", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "n_components", "encoder_dense_layers",
+                     "nan_check_every"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -127,6 +153,156 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+# ------------------------------------------------------------------------------------ several processes (DDP)
+
+
+def process_group() -> tuple[int, int]:
+    """This process's rank and the number of processes: ``(0, 1)`` unless torch.distributed is set up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def process_device(name: str, world_size: int) -> torch.device:
+    """:func:`pick_device`; with several processes on CUDA, each process's own GPU, ``cuda:LOCAL_RANK``."""
+    device = pick_device(name)
+    if world_size > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(f"--device {name}: with several processes each one uses its own GPU, cuda:LOCAL_RANK; "
+                             "pass --device cuda or auto, and choose the GPUs with CUDA_VISIBLE_DEVICES")  # fmt: skip
+        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank() % torch.cuda.device_count()))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif world_size > 1 and device.type != "cpu":
+        raise ValueError(f"several processes train on cpu (gloo) or cuda (nccl), not {device.type}")
+    return device
+
+
+def init_processes(device: str, timeout_seconds: float) -> None:
+    """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT): nccl for CUDA, else gloo. A collective that waits longer than
+    ``timeout_seconds`` (another process died) raises instead of hanging."""
+    backend = "nccl" if pick_device(device).type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+
+
+def _stream_seed(*parts: int) -> int:
+    """A seed for a random stream named by ``parts`` (the run's seed, a process, a step)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _to_float32(module: nn.Module, inputs: tuple, output):
+    """A forward hook: floating-point outputs (a tensor or a tuple of them) back in float32."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, tuple):
+        return tuple(_to_float32(module, inputs, item) for item in output)
+    return output
+
+
+class BatchObjective(nn.Module):
+    """The loss of one mini-batch as a module, so that DistributedDataParallel can wrap it and
+    ``torch.compile`` compile it: :func:`~vae_utils.elbo.elbo` with one z per image drawn from
+    ``generator``; returns the mean loss and the (3,) sums of -ELBO, rate and distortion.
+
+    ``bf16=True`` runs the model's networks (its direct submodules) under autocast in bfloat16
+    and hands their outputs back in float32: the likelihood, the KL and the sums stay float32.
+    """
+
+    def __init__(self, model: nn.Module, generator: torch.Generator | None, bf16: bool = False) -> None:
+        super().__init__()
+        self.model, self.generator, self.bf16 = model, generator, bf16
+        if bf16:
+            for network in model.children():
+                network.register_forward_hook(_to_float32)
+
+    def forward(self, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        autocast = torch.autocast(x.device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with autocast:
+            out = elbo(self.model, x, beta=beta, generator=self.generator)
+        with torch.no_grad():
+            sums = torch.stack([-out["elbo"].sum(), out["rate"].sum(), out["distortion"].sum()])
+        return out["loss"].mean(), sums
+
+
+class DivergenceGuard:
+    """Stops training at the first step whose loss is NaN or infinite, without a host sync per step.
+
+    Each step ANDs "this loss is finite" into a flag on the device (:meth:`watch`); :meth:`check` reads it,
+    every ``every`` steps and at the end of an epoch. When it is down, the epoch is re-run from a snapshot
+    taken at its start (weights, optimizer, scheduler, random states), now reading every loss, so that the
+    error names the exact step, as a check at every step would. Should the re-run stay finite (GPU kernels
+    that are not deterministic), the error names the steps between the last two checks instead.
+    """
+
+    def __init__(self, trainer: Trainer, every: int) -> None:
+        self.trainer, self.every = trainer, every
+        self.all_finite = torch.ones((), dtype=torch.bool, device=trainer.device)
+        self.snapshot: dict = {}
+        self.checked_step, self.replaying = 0, False
+
+    def start(self) -> None:
+        """Remember the trainer's state at the start of an epoch, to re-run the epoch from it."""
+        if self.replaying:
+            return
+        t = self.trainer
+        self.snapshot = {
+            "model": {name: value.clone() for name, value in t.model.state_dict().items()},
+            "optimizer": copy.deepcopy(t.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(t.scheduler.state_dict()),
+            "batches": t.batches.state_dict(),
+            "noise": t.noise.get_state(),
+            "step": t.step,
+        }
+        self.all_finite.fill_(True)
+        self.checked_step = t.step
+
+    def watch(self, loss: torch.Tensor) -> None:
+        """Note whether the step's loss was finite; every ``every`` steps, :meth:`check`."""
+        t = self.trainer
+        if self.replaying:  # read every loss now
+            value = t.mean_over_processes(loss)
+            if not math.isfinite(value):
+                raise TrainingDivergedError(f"the loss became {value} at epoch {t.epoch + 1}, step {t.step}. "
+                                            + t.divergence_advice())  # fmt: skip
+            return
+        self.all_finite &= torch.isfinite(loss)
+        if (t.step - self.snapshot["step"]) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        """Read the flag (one host sync); if a loss was not finite, re-run the epoch to name its step."""
+        t = self.trainer
+        if self.replaying:  # the re-run reads every loss itself
+            return
+        diverged = (~self.all_finite).to(torch.int32)
+        if t.world_size > 1:  # every process re-runs if one diverged
+            dist.all_reduce(diverged, op=dist.ReduceOp.MAX)
+        if diverged.item():
+            self._replay()
+        self.checked_step = t.step
+
+    def _replay(self) -> None:
+        t, snapshot = self.trainer, self.snapshot
+        first, last = self.checked_step + 1, t.step
+        t.model.load_state_dict(snapshot["model"])
+        t.optimizer.load_state_dict(snapshot["optimizer"])
+        t.scheduler.load_state_dict(snapshot["scheduler"])
+        t.batches.load_state_dict(snapshot["batches"])
+        t.noise.set_state(snapshot["noise"])
+        t.step = snapshot["step"]
+        self.replaying = True
+        try:
+            t.train_epoch()  # raises at the first step whose loss is not finite
+        finally:
+            self.replaying = False
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite at epoch {t.epoch + 1}, at one of steps {first} to {last}, but "
+            "re-running the epoch from its start gave finite losses throughout (this device's kernels are not "
+            "deterministic), so the step cannot be named. " + t.divergence_advice()
+        )
+
+
 # --------------------------------------------------------------------------------------------------- trainer
 
 
@@ -140,31 +316,96 @@ class Trainer:
     LOG_FIELDS = ("epoch", "step", "lr", "beta", "train_nelbo", "train_rate", "train_distortion",
                   "val_nelbo", "val_rate", "val_distortion", "val_bits_per_dim", "epoch_seconds", "train_seconds")  # fmt: skip
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, model: torch.nn.Module | None = None) -> None:
+        """``model``: start from these weights instead of fresh ones (e.g. a pruned model, whose masks it keeps)."""
         self.config = config
         self.out = Path(config.out)
-        self.device = pick_device(config.device)
+        self.rank, self.world_size = process_group()
+        self.device = process_device(config.device, self.world_size)
+        self._check_speed_options()
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = MODELS[config.model](**config.model_kwargs()).to(self.device)
+        self.model = (model if model is not None else MODELS[config.model](**config.model_kwargs())).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         splits = data.mnist_splits(seed=config.split_seed)
         train_images = splits["train"].images[: config.train_subset or None]
         # binarized: grey levels go in, every batch is binarized afresh (dynamic binarization)
         self.batches = data.DeviceBatches(
             data.to_tensor(train_images), config.batch_size, seed=config.seed, device=self.device,
-            dynamic_binarization=config.data == "binarized",
+            dynamic_binarization=config.data == "binarized", drop_last=config.drop_last,
         )  # fmt: skip
+        self._check_shares()
         x_val = data.split_tensor("validation", config.data, seed=config.split_seed)
         self.x_val = x_val[: config.val_subset or None].to(self.device)
-        self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)  # z samples in training
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.noise = self._noise_generator()  # z samples in training
+        fused = True if self.device.type == "cuda" else None  # CUDA: one kernel updates all weights
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=fused)
         total_steps = config.epochs * len(self.batches)
         if config.lr_schedule == "cosine" and config.lr_warmup_epochs == 0:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.epoch, self.step, self.best_val, self.history = 0, 0, math.inf, []
+        self.objective = self._build_objective()
+        self.guard = DivergenceGuard(self, config.nan_check_every)
+        # float64 sums as ever; MPS has no float64
+        self.sums_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.notes: list[str] = []  # what a resumed run should know (the CLI prints them)
         if resume is not None:
             self._restore(resume)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the logs and checkpoints: process 0, or the only one."""
+        return self.rank == 0
+
+    def _check_speed_options(self) -> None:
+        config, kind = self.config, self.device.type
+        if config.compile == "graphs" and kind != "cuda":
+            raise ValueError(f"compile 'graphs' captures CUDA graphs and needs a CUDA device, not {kind}; "
+                             "use --compile on")  # fmt: skip
+        if config.precision == "bf16" and kind not in ("cpu", "cuda"):
+            raise ValueError(f"precision 'bf16' runs on cpu or cuda, not {kind}; use --precision fp32")
+
+    def _check_shares(self) -> None:
+        """With several processes every one must get at least one image of every batch."""
+        n, size = len(self.batches.x), self.config.batch_size
+        smallest = size if self.config.drop_last or n % size == 0 else min(size, n % size)
+        if smallest < self.world_size:
+            raise ValueError(
+                f"{self.world_size} processes share each batch, but a batch of {smallest} images (the epoch's "
+                f"last, of {n} images in batches of {size}) cannot give each one an image; use --drop-last "
+                "or a larger --batch-size"
+            )
+
+    def _noise_generator(self) -> torch.Generator:
+        """The generator of the z samples, seeded by :meth:`_noise_seed`. ``compile="graphs"`` uses the
+        GPU's default generator: random numbers drawn inside a CUDA graph come from it."""
+        if self.config.compile == "graphs":
+            generator = torch.cuda.default_generators[self.device.index or torch.cuda.current_device()]
+        else:
+            generator = torch.Generator(device=self.device)
+        return generator.manual_seed(self._noise_seed())
+
+    def _noise_seed(self, step: int | None = None) -> int:
+        """seed + 1 in process 0 (or alone); a seed made from (seed, rank) in process rank > 0; with
+        ``step``, from (seed, rank, step): for a resume that cannot continue the stored stream."""
+        if step is not None:
+            return _stream_seed(self.config.seed, self.rank, step)
+        return self.config.seed + 1 if self.rank == 0 else _stream_seed(self.config.seed, self.rank)
+
+    def _build_objective(self) -> nn.Module:
+        """What a step calls: a :class:`BatchObjective`, inside DistributedDataParallel when there are
+        several processes, compiled if asked (``mode="reduce-overhead"`` for CUDA graphs)."""
+        config = self.config
+        generator = None if config.compile == "graphs" else self.noise  # graphs: the default generator
+        objective = BatchObjective(self.model, generator, bf16=config.precision == "bf16")
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            objective = nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
+        if config.compile != "off":
+            objective = torch.compile(objective, mode="reduce-overhead" if config.compile == "graphs" else None)
+        return objective
 
     def _ramp(self, step: int, epochs: float) -> float:
         """A linear warm-up from 0 to 1 over ``epochs`` epochs (1 throughout if
@@ -183,10 +424,16 @@ class Trainer:
         return self.config.beta * self._ramp(step, self.config.kl_warmup_epochs)
 
     def _state(self) -> dict:
+        """Everything a resume needs. With several processes every one must call it: it gathers their
+        z-noise states (the batches' generator is the same in all of them)."""
+        rng = {"batches": self.batches.state_dict()["generator"].cpu(), "noise": self.noise.get_state().cpu()}
+        if self.world_size > 1:
+            rng["noise_by_process"] = [None] * self.world_size
+            dist.all_gather_object(rng["noise_by_process"], rng["noise"])
         return make_checkpoint(
             self.model, dataclasses.asdict(self.config), epoch=self.epoch, step=self.step, best_val_nelbo=self.best_val,
             history=self.history, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            rng={"batches": self.batches.state_dict()["generator"].cpu(), "noise": self.noise.get_state().cpu()},
+            rng=rng, processes=self.world_size,
         )  # fmt: skip
 
     def _restore(self, path: str | Path) -> None:
@@ -194,7 +441,7 @@ class Trainer:
         if checkpoint.get("optimizer") is None:
             raise CheckpointError(f"{path} holds weights only (a best.pt?); resume from last.pt, which has the run state")
         stored = TrainConfig.from_dict(checkpoint["train_config"] or {})  # normalized like self.config
-        free = {"epochs", "out", "progress", "device"}  # may change on resume
+        free = {"epochs", "out", "progress", "device", "compile", "channels_last", "nan_check_every"}  # may change
         diff = {f.name: (getattr(stored, f.name), getattr(self.config, f.name)) for f in dataclasses.fields(TrainConfig)
                 if f.name not in free and getattr(stored, f.name) != getattr(self.config, f.name)}  # fmt: skip
         if diff:
@@ -211,52 +458,126 @@ class Trainer:
             # the learning rate of the (new-length) schedule at this step; the scheduler only sets it at the next one
             for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
                 group["lr"] = base * self.lr_factor(self.scheduler.last_epoch)
-        self.batches.load_state_dict({"generator": checkpoint["rng"]["batches"]})
-        self.noise.set_state(checkpoint["rng"]["noise"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
         self.best_val, self.history = checkpoint["best_val_nelbo"], checkpoint["history"]
+        self._restore_random_states(checkpoint, path)
+
+    def _restore_random_states(self, checkpoint: dict, path: str | Path) -> None:
+        """The batches' and the z noise's generators as stored. A run resumed with another number of
+        processes, or on another kind of device, cannot continue the stored streams: it re-seeds them
+        from (seed, rank, step), trains on, and says so in :attr:`notes`."""
+        rng = checkpoint["rng"]
+        noise = rng.get("noise_by_process", [rng["noise"]])
+        try:
+            self.batches.load_state_dict({"generator": rng["batches"]})
+        except RuntimeError:  # a CPU state for a CUDA generator, or the other way round
+            self.batches.generator.manual_seed(_stream_seed(self.config.seed, self.step))
+            self.notes.append(f"{path} was written on another kind of device: the batches are re-seeded")
+        if len(noise) != self.world_size:
+            self.noise.manual_seed(self._noise_seed(step=self.step))
+            self.notes.append(f"{path} was written by {len(noise)} process(es) and this run has {self.world_size}: "
+                              "the batches and the schedules go on exactly, but the z noise of each process is "
+                              "re-seeded (from seed, rank and step), so the run will not repeat an uninterrupted "
+                              "one to the last bit")  # fmt: skip
+        else:
+            try:
+                self.noise.set_state(noise[self.rank])
+            except RuntimeError:
+                self.noise.manual_seed(self._noise_seed(step=self.step))
+                self.notes.append(f"{path} was written on another kind of device: the z noise is re-seeded")
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over the training images; returns their mean -ELBO, rate and
+        distortion. No step waits for the device: the sums stay on it, and the guard
+        reads its NaN/inf flag only every ``config.nan_check_every`` steps."""
         self.model.train()
-        sums, count = torch.zeros(3, dtype=torch.float64), 0
-        bar = tqdm(self.batches, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                   disable=not self.config.progress)  # fmt: skip
-        for x in bar:
-            out = elbo(self.model, x, beta=self.beta_at(self.step), generator=self.noise)
-            loss = out["loss"].mean()
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}. Try a lower "
-                    f"--lr (now {self.config.lr}) or a smaller --grad-clip (now {self.config.grad_clip}); "
-                    f"the last good state is in {self.out / 'last.pt'}"
-                )
+        self.guard.start()  # a snapshot to re-run the epoch from, should a loss be NaN
+        sums = torch.zeros(3, dtype=self.sums_dtype, device=self.device)  # -ELBO, R, D
+        count = 0
+        for x in self._progress_bar():
+            loss, terms = self.batch_loss(x)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            with torch.no_grad():
-                sums += torch.stack([-out["elbo"].sum(), out["rate"].sum(), out["distortion"].sum()]).double().cpu()
+            sums += terms
             count += len(x)
-            bar.set_postfix(nelbo=f"{sums[0].item() / count:.2f}")
+            self.guard.watch(loss)  # raises if a loss was NaN or infinite, naming its step
+        self.guard.check()  # the epoch's last steps
+        return self._epoch_means(sums, count)
+
+    def batch_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimise on the mini-batch ``x`` and the (3,) sums of -ELBO, rate
+        and distortion over its images, both left on the device.
+
+        With several processes each one computes its share of ``x`` (one of equal
+        parts); DistributedDataParallel averages their gradients, so a step is still
+        the whole batch's, and ``batch_size`` and ``lr`` mean what they mean alone."""
+        share = x.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else x
+        if self.config.channels_last:
+            share = share.contiguous(memory_format=torch.channels_last)
+        if self.config.compile == "graphs":
+            torch.compiler.cudagraph_mark_step_begin()
+        with value_checks(False):  # the batches are binary or 8-bit by construction
+            loss, sums = self.objective(share, self.beta_at(self.step))
+        if len(share) * self.world_size != len(x):  # an uneven share weighs by its size
+            loss = loss * (len(share) * self.world_size / len(x))
+        return loss, sums
+
+    def _progress_bar(self) -> tqdm:
+        return tqdm(self.batches, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
+                    disable=not self.config.progress or not self.is_main)  # fmt: skip
+
+    def _epoch_means(self, sums: torch.Tensor, count: int) -> dict[str, float]:
+        if self.world_size > 1:
+            dist.all_reduce(sums)  # every process's share of the images
         nelbo, rate, distortion = (sums / count).tolist()
         return {"train_nelbo": nelbo, "train_rate": rate, "train_distortion": distortion}
+
+    def mean_over_processes(self, value: torch.Tensor) -> float:
+        """A scalar tensor averaged over the processes (itself in one process), as a float."""
+        if self.world_size == 1:
+            return value.item()
+        value = value.detach().double().clone()
+        dist.all_reduce(value)
+        return value.item() / self.world_size
+
+    def divergence_advice(self) -> str:
+        return (f"Try a lower --lr (now {self.config.lr}) or a smaller --grad-clip (now {self.config.grad_clip}); "
+                f"the last good state is in {self.out / 'last.pt'}")  # fmt: skip
+
+    def validate(self) -> dict[str, float]:
+        """The mean -ELBO, rate and distortion of the validation images (one seeded z each). With
+        several processes, process 0 computes them and sends them to the others."""
+        names = ("nelbo", "rate", "distortion")
+        values = [0.0, 0.0, 0.0]
+        if self.is_main:
+            per_image = per_image_nelbo(self.model, self.x_val, seed=self.config.seed)
+            values = [per_image[name].mean().item() for name in names]
+        if self.world_size > 1:
+            shared = torch.tensor(values, dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, src=0)
+            values = shared.tolist()
+        return dict(zip(names, values))
 
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train until ``config.epochs``, validating, logging and checkpointing after every epoch.
 
         ``stop_after=n`` stops once epoch n is done, as if the run were interrupted there (resume continues it).
         """
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        if self.is_main:  # process 0 alone writes, always atomically
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / "config.json.tmp"
+            tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+            os.replace(tmp, self.out / "config.json")
         last_epoch = self.config.epochs if stop_after is None else min(stop_after, self.config.epochs)
         while self.epoch < last_epoch:
             start = time.perf_counter()
             train_metrics = self.train_epoch()
-            val = {name: values.mean().item()
-                   for name, values in per_image_nelbo(self.model, self.x_val, seed=self.config.seed).items()}
+            val = self.validate()
             self.epoch += 1
             seconds = time.perf_counter() - start
             row = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
@@ -265,15 +586,18 @@ class Trainer:
                    "val_bits_per_dim": nats_to_bits_per_dim(val["nelbo"]), "epoch_seconds": seconds,
                    "train_seconds": seconds + (self.history[-1]["train_seconds"] if self.history else 0.0)}  # fmt: skip
             self.history.append(row)
-            if self.config.progress:
+            if self.config.progress and self.is_main:
                 print(f"epoch {self.epoch:3d}  train -ELBO {row['train_nelbo']:8.3f}  val -ELBO {val['nelbo']:8.3f} "
                       f"nats ({row['val_bits_per_dim']:.4f} bits/dim)  {seconds:5.1f} s", flush=True)  # fmt: skip
             if val["nelbo"] < self.best_val:
                 self.best_val = val["nelbo"]
-                save_atomic(make_checkpoint(self.model, dataclasses.asdict(self.config), epoch=self.epoch, val_nelbo=val["nelbo"]),
-                            self.out / "best.pt")  # fmt: skip
-            save_atomic(self._state(), self.out / "last.pt")
-            self._write_log()
+                if self.is_main:
+                    save_atomic(make_checkpoint(self.model, dataclasses.asdict(self.config), epoch=self.epoch,
+                                                val_nelbo=val["nelbo"]), self.out / "best.pt")  # fmt: skip
+            state = self._state()  # in every process: it gathers their random states
+            if self.is_main:
+                save_atomic(state, self.out / "last.pt")
+                self._write_log()
         return self.history
 
     def _write_log(self) -> None:
@@ -353,6 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--out", help=f"output folder (default {defaults.out})")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars or per-epoch lines")
+    speed = p.add_argument_group("speed (off by default: on the CPU they change the floats or gain nothing; book/scaling.md)")
+    speed.add_argument("--compile", choices=COMPILE_MODES, help="on: torch.compile the step; graphs: torch.compile with CUDA graphs, CUDA only (default off)")
+    speed.add_argument("--precision", choices=PRECISIONS, help="bf16: the networks under autocast in bfloat16, the ELBO's sums in float32 (default fp32)")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="convolutions in NHWC memory layout (default off)")
+    speed.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None, help="skip each epoch's last, smaller batch, so every step has one shape (default off)")
+    speed.add_argument("--nan-check-every", type=int, help=f"read the NaN/inf flag from the device every N steps and at each epoch's end (default {defaults.nan_check_every})")
+    multi = p.add_argument_group("several processes: torchrun --nproc-per-node N -m vae_utils.train ... (book/scaling.md)")
+    multi.add_argument("--dist-timeout", type=float, default=600.0, help="seconds a process waits for the others before it stops with an error (default 600)")
     return p
 
 
@@ -363,7 +695,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise SystemExit(f"error: cannot read --config {args.config}: {error}") from None
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume", "dist_timeout")}
     values.update(overrides)
     if args.resume is not None and args.config is None:
         stored = read_checkpoint(args.resume)["train_config"] or {}  # the config only; Trainer loads the weights
@@ -371,19 +703,49 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def describe_run(trainer: Trainer) -> str:
+    """The first line a run prints: model, data, device, epochs, and the speed options and processes."""
+    config, threads = trainer.config, torch.get_num_threads()
+    device = f"{trainer.device} ({threads} thread{'s' * (threads != 1)})" if trainer.device.type == "cpu" else trainer.device
+    line = (f"training {type(trainer.model).__name__} ({trainer.model.num_parameters():,} parameters) on "
+            f"{config.data} MNIST, device {device}, from epoch {trainer.epoch} to {config.epochs}")  # fmt: skip
+    used = [f"compile {config.compile}"] if config.compile != "off" else []
+    used += ["bf16"] if config.precision == "bf16" else []
+    used += ["channels-last"] if config.channels_last else []
+    used += ["drop-last"] if config.drop_last else []
+    used += ["fused Adam"] if trainer.device.type == "cuda" else []
+    if trainer.world_size > 1:
+        used.append(f"{trainer.world_size} processes ({dist.get_backend()}), each ~1/{trainer.world_size} of every "
+                    f"batch of {config.batch_size}")  # fmt: skip
+    return line + (f"; {', '.join(used)}" if used else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun with --nproc-per-node > 1
+    where = f" (process {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')})" if several else ""
     try:
         config = config_from_args(args)
+        if several:
+            init_processes(config.device, args.dist_timeout)
         trainer = Trainer(config, resume=args.resume)
-        threads = torch.get_num_threads()
-        device = f"{trainer.device} ({threads} thread{'s' * (threads != 1)})" if trainer.device.type == "cpu" else trainer.device
-        print(f"training {type(trainer.model).__name__} ({trainer.model.num_parameters():,} parameters) on "
-              f"{config.data} MNIST, device {device}, from epoch {trainer.epoch} to {config.epochs}", flush=True)  # fmt: skip
+        if trainer.is_main:
+            print(describe_run(trainer), flush=True)
+            for note in trainer.notes:
+                print(f"note: {note}", flush=True)
         history = trainer.fit()
-    except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError, CheckpointError, TrainingDivergedError) as error:
+        print(f"error{where}: {error}", file=sys.stderr, flush=True)
         return 2
+    except dist.DistError as error:  # another process stopped, or the network failed: it says why
+        print(f"error{where}: waiting for the other processes failed ({str(error).splitlines()[0]}); another "
+              "process has probably stopped: its own error names the cause", file=sys.stderr, flush=True)  # fmt: skip
+        return 2
+    finally:
+        if several and dist.is_initialized():
+            dist.destroy_process_group()
+    if not trainer.is_main:
+        return 0
     if history:
         best = min(row["val_nelbo"] for row in history)
         print(f"done: best validation -ELBO {best:.3f} nats ({nats_to_bits_per_dim(best):.4f} bits/dim); "
@@ -392,4 +754,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from torch.distributed.elastic.multiprocessing.errors import record  # under torchrun: report a crash's cause
+
+    sys.exit(record(main)())

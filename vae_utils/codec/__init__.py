@@ -46,6 +46,14 @@ versions; a lossy file always decodes to the same latents, though a reconstructi
 (name, dtype, shape, bytes) in sorted order; the header stores the first 16 bytes. Weights, not checkpoint
 bytes: the same weights saved twice (other metadata, another torch) keep their id.
 
+**Integer arithmetic (Chapter 7).** Given an integer model (:func:`vae_utils.shrink.integer_model`: int8
+weights, integer activations and lookup tables, float64 products proved exact), :func:`compress` writes a
+version 2 file whose probabilities are integers over a power of two, the same on every machine, thread count,
+batch size and device: it decodes bit for bit anywhere (:mod:`vae_utils.codec.portable`). Because the results
+do not depend on the batch, lossless images are spread over several ANS stacks (*lanes*) and the networks run
+on one image of every lane per call; each lane pays its own initial bits. A lossy file needs only the decoder:
+its model id covers the decoder alone.
+
 **File format, version 1** (integers little-endian):
 
 ======  =====  ===========================================================================================
@@ -65,6 +73,35 @@ offset  bytes  field
 46+P    4      CRC-32 (zlib) of bytes 0 .. 46+P-1
 ======  =====  ===========================================================================================
 
+**File format, version 2.** Written for integer files (and for modes added later); float files of the three
+modes above are still written as version 1, byte for byte, and both versions are read.
+
+======  =====  ===========================================================================================
+offset  bytes  field
+======  =====  ===========================================================================================
+0       4      magic ``b"VAEC"``
+4       1      format version (2)
+5       1      mode: an index into :data:`MODES`, a table that grows (0 lossless-binary, 1 lossless-8bit,
+               2 lossy; a mode added later, e.g. a learned prior or a latent hierarchy, takes the next index)
+6       1      arithmetic: an index into :data:`ARITHMETICS` (0 float, 1 integer)
+7       1      zero
+8       16     model id (lossy integer files: of the decoder alone)
+24      4      image count N (u32), 1 .. :data:`MAX_IMAGES`
+28      2      height (u16), 28
+30      2      width (u16), 28
+32      2      parameter block length L (u16, at most :data:`MAX_PARAMS_BYTES`)
+34      L      the mode's parameters. lossless: latent_bits (u8), lanes K (u8, 1 .. :data:`MAX_LANES`), 2 zero
+               bytes, seed words (u32), then per lane: stripped seed words (u32), payload words (u32);
+               lossy: step (f64), symbol range R (u32). A new mode defines its own block.
+34+L    4      payload length P in bytes (u32, a multiple of 4)
+38+L    P      payload: the lanes' ANS stacks one after the other, each as u32 words, bottom first
+38+L+P  4      CRC-32 (zlib) of everything before
+======  =====  ===========================================================================================
+
+Lane ``j`` holds images ``j N / K`` to ``(j + 1) N / K - 1`` and starts from its own initial words (the header's
+fields with the lane index). An integer lossy file codes its symbols under the prior's bin masses from the
+integer normal CDF (not constriction's float ``QuantizedGaussian``), so that the stream is portable too.
+
 :func:`read_header` checks magic, version, lengths and the CRC before anything else runs, and every failure,
 including one inside constriction or numpy, is a :class:`CodecError` (a ``ValueError``). The image count is
 capped at :data:`MAX_IMAGES` and the payload must be exactly the bytes present, so a hostile header cannot
@@ -78,6 +115,7 @@ from vae_utils.codec.bitsback import latent_grid, latent_mask, pop_image, poster
 from vae_utils.codec.cli import CHECKPOINTS, DEFAULT_CHECKPOINTS, PROGRESS_THRESHOLD, build_parser, load_images, main
 from vae_utils.codec.files import RD_STEPS, compress, decompress, rate_distortion
 from vae_utils.codec.format import (
+    ARITHMETICS,
     DEFAULT_LATENT_BITS,
     DEFAULT_STEP,
     FORMAT_VERSION,
@@ -86,8 +124,11 @@ from vae_utils.codec.format import (
     LOSSY_CHECK_WORDS,
     MAGIC,
     MAX_IMAGES,
+    MAX_LANES,
+    MAX_PARAMS_BYTES,
     MAX_SEED_WORDS,
     MODES,
+    READABLE_VERSIONS,
     STEP_RANGE,
     WINDOW_SIGMAS,
     CodecError,
@@ -100,9 +141,43 @@ from vae_utils.codec.format import (
 from vae_utils.codec.lossy import lossy_reconstruct, lossy_symbols
 
 __all__ = [
-    "CHECKPOINTS", "DEFAULT_CHECKPOINTS", "DEFAULT_LATENT_BITS", "DEFAULT_STEP", "FORMAT_VERSION", "HEADER_BYTES",
-    "LATENT_BITS_RANGE", "LOSSY_CHECK_WORDS", "MAGIC", "MAX_IMAGES", "MAX_SEED_WORDS", "MODES", "PROGRESS_THRESHOLD",
-    "RD_STEPS", "STEP_RANGE", "WINDOW_SIGMAS", "CodecError", "Compressed", "Header", "build_parser", "compress",
-    "decompress", "initial_words", "latent_grid", "latent_mask", "load_images", "lossy_reconstruct", "lossy_symbols",
-    "main", "model_id", "pop_image", "posterior_bucket_probs", "push_image", "rate_distortion", "read_header",
+    "ARITHMETICS",
+    "CHECKPOINTS",
+    "DEFAULT_CHECKPOINTS",
+    "DEFAULT_LATENT_BITS",
+    "DEFAULT_STEP",
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "LATENT_BITS_RANGE",
+    "LOSSY_CHECK_WORDS",
+    "MAGIC",
+    "MAX_IMAGES",
+    "MAX_LANES",
+    "MAX_PARAMS_BYTES",
+    "MAX_SEED_WORDS",
+    "MODES",
+    "PROGRESS_THRESHOLD",
+    "RD_STEPS",
+    "READABLE_VERSIONS",
+    "STEP_RANGE",
+    "WINDOW_SIGMAS",
+    "CodecError",
+    "Compressed",
+    "Header",
+    "build_parser",
+    "compress",
+    "decompress",
+    "initial_words",
+    "latent_grid",
+    "latent_mask",
+    "load_images",
+    "lossy_reconstruct",
+    "lossy_symbols",
+    "main",
+    "model_id",
+    "pop_image",
+    "posterior_bucket_probs",
+    "push_image",
+    "rate_distortion",
+    "read_header",
 ]

@@ -167,6 +167,9 @@ def _cmd_decompress(args) -> int:
 
     blob = Path(args.file).read_bytes()
     header = read_header(blob)
+    if header.arithmetic == "integer":
+        raise ValueError("this file was written with an integer model (Chapter 7); the command line decodes float "
+                         "files only: in Python, codec.decompress(vae_utils.shrink.load_weights(MODEL.vaew), data)")  # fmt: skip
     path = Path(args.checkpoint) if args.checkpoint else _find_checkpoint(header.model_id)
     images = decompress(_load_model(path), blob, progress=args.progress and header.n_images > PROGRESS_THRESHOLD)
     if header.mode == "lossless-binary":

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vae_utils.codec import portable
 from vae_utils.codec.bitsback import _compress_lossless, _decode_lossless
 from vae_utils.codec.format import (
     DEFAULT_LATENT_BITS,
     DEFAULT_STEP,
-    HEADER_BYTES,
     LATENT_BITS_RANGE,
+    MAX_LANES,
     CodecError,
     Compressed,
     _check_images,
@@ -36,21 +37,49 @@ def compress(
     latent_bits: int = DEFAULT_LATENT_BITS,
     step: float = DEFAULT_STEP,
     progress: bool = False,
+    lanes: int | str = "auto",
 ) -> Compressed:
     """Compress ``images: (N, 28, 28) uint8`` (0/1 for a Bernoulli model, 0..255 for the logistic mixture).
 
     ``mode="lossless"``: bits-back coding with ``2**latent_bits`` buckets per latent dimension;
     :func:`decompress` returns the images exactly. ``mode="lossy"``: the encoder means quantized with ``step``;
     :func:`decompress` returns the decoder's mean images. The result's ``.data`` is the file's bytes.
+
+    The model's arithmetic goes into the file: a float VAE writes a version 1 file that decodes on the same kind
+    of machine; an integer model (:func:`vae_utils.shrink.integer_model`) writes a version 2 file that decodes
+    bit-exactly on any machine, its lossless images spread over ``lanes`` ANS stacks (``"auto"``: one per
+    500 images, at most 16) so that its networks run on many images per call.
     """
-    model = _check_model(model)
+    integer = _is_integer(model)
+    model = _check_integer_model(model) if integer else _check_model(model)
     if mode not in ("lossless", "lossy"):
         raise ValueError(f"mode must be 'lossless' or 'lossy', got {mode!r}")
     images = _check_images(model, images)
-    mid = model_id(model)[:16]
+    if not integer and lanes not in ("auto", 1):
+        raise ValueError(f"lanes apply to integer models only (a float model codes one image at a time), got {lanes!r}")
     if mode == "lossy":
-        return _compress_lossy(model, images, _check_step(step), mid, progress)
-    return _compress_lossless(model, images, _check_int("latent_bits", latent_bits, *LATENT_BITS_RANGE), mid, progress)
+        step = _check_step(step)
+        if integer:
+            return portable.compress_lossy(model, images, step, model_id(model, decoder_only=True)[:16], progress)
+        return _compress_lossy(model, images, step, model_id(model)[:16], progress)
+    latent_bits = _check_int("latent_bits", latent_bits, *LATENT_BITS_RANGE)
+    if integer:
+        lanes = portable.auto_lanes(len(images)) if lanes == "auto" else _check_int("lanes", lanes, 1, MAX_LANES)
+        return portable.compress_lossless(model, images, latent_bits, lanes, model_id(model)[:16], progress)
+    return _compress_lossless(model, images, latent_bits, model_id(model)[:16], progress)
+
+
+def _is_integer(model) -> bool:
+    return getattr(model, "arithmetic", "float") == "integer"
+
+
+def _check_integer_model(model):
+    needed = ("posterior", "posterior_mean", "likelihood_probs", "mean_images", "latent_grid_int",
+              "posterior_windows", "normal_cdf", "latent_dim", "likelihood", "decoder", "state_dict")  # fmt: skip
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing:
+        raise TypeError(f"an integer model must be a vae_utils.shrink.IntegerVAE; {type(model).__name__} lacks {missing}")
+    return model
 
 
 def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
@@ -60,8 +89,19 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
     Raises :class:`CodecError` for a file that is not intact or was written with another model.
     """
     header = read_header(blob)
-    model = _check_model(model)
-    mid = model_id(model)[:16]
+    integer = _is_integer(model)
+    model = _check_integer_model(model) if integer else _check_model(model)
+    if header.arithmetic != ("integer" if integer else "float"):
+        raise CodecError(
+            f"the file was written with {header.arithmetic} arithmetic, but the given model computes in "
+            f"{'integers' if integer else 'float'}; decompress it with "
+            + ("the integer model that wrote it (vae_utils.shrink.load_weights)" if header.arithmetic == "integer"
+               else "the float checkpoint that wrote it")
+        )  # fmt: skip
+    if not integer and header.version != 1:
+        raise CodecError(f"a float {header.mode} file is written in format version 1; this one says version "
+                         f"{header.version}: it is corrupted, or was written by a later vae_utils")  # fmt: skip
+    mid = model_id(model, decoder_only=integer and header.mode == "lossy")[:16]
     if mid != header.model_id:
         raise CodecError(
             f"the file was compressed with model {header.model_id.hex()}, but the given model is {mid.hex()}; "
@@ -70,11 +110,14 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
     needed = {"lossless-binary": "bernoulli", "lossless-8bit": "logistic_mixture"}.get(header.mode, model.likelihood)
     if model.likelihood != needed:
         raise CodecError(f"a {header.mode} file needs a {needed} model, got {model.likelihood}")
-    payload = np.frombuffer(blob, dtype="<u4", offset=HEADER_BYTES, count=header.payload_bytes // 4).astype(np.uint32)
+    payload = np.frombuffer(blob, dtype="<u4", offset=header.header_bytes, count=header.payload_bytes // 4)
+    payload = payload.astype(np.uint32)
     try:
-        if header.mode == "lossy":
-            return _decode_lossy(model, header, payload, progress)
-        return _decode_lossless(model, header, payload, progress)
+        if integer:
+            decode = portable.decode_lossy if header.mode == "lossy" else portable.decode_lossless
+        else:
+            decode = _decode_lossy if header.mode == "lossy" else _decode_lossless
+        return decode(model, header, payload, progress)
     except CodecError:
         raise
     except Exception as error:  # noqa: BLE001 - constriction rejects the stream, or garbage reached numpy/torch

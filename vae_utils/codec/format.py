@@ -9,7 +9,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import constriction
@@ -20,10 +20,16 @@ from tqdm.auto import tqdm
 from vae_utils.model import IMAGE_SHAPE
 
 MAGIC = b"VAEC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version; :func:`read_header` reads every version in :data:`READABLE_VERSIONS`."""
+READABLE_VERSIONS = (1, 2)
 MODES = ("lossless-binary", "lossless-8bit", "lossy")
-"""The modes a file records; :func:`compress` takes ``mode="lossless"`` or ``"lossy"`` and picks the first two
-from the model's likelihood."""
+"""The modes a file records, by index; :func:`compress` takes ``mode="lossless"`` or ``"lossy"`` and picks the
+first two from the model's likelihood. A new mode is appended here with its parameter block (version 2 files
+carry the block's length), so adding one needs no new format version."""
+ARITHMETICS = ("float", "integer")
+"""How the model computed the probabilities: float32 on the CPU (decodes on the same kind of machine), or the
+integer networks of :mod:`vae_utils.shrink` (decode bit-exactly everywhere). Version 1 files are all float."""
 DEFAULT_LATENT_BITS = 12
 """2**12 buckets per latent dimension. Measured with an earlier binarized ConvVAE (one encoder dense layer, 100
 epochs) on 500 test images: the real rate is within 0.4% of the -ELBO (the noise of one z per image) for 8 to
@@ -40,12 +46,21 @@ MAX_IMAGES = 100_000
 """At most this many images in one file: decoding allocates at most MAX_IMAGES * 784 bytes of pixels."""
 MAX_SEED_WORDS = 1 << 16
 LOSSY_CHECK_WORDS = 2
+MAX_LANES = 64
+"""At most this many ANS stacks (lanes) in one lossless file."""
+MAX_PARAMS_BYTES = 1024
+"""A version 2 parameter block is at most this long."""
 
 _HEADER = struct.Struct("<4sBB16sIHH12sI")
+_HEADER_V2 = struct.Struct("<4sBBBx16sIHHH")  # ... then the parameter block and the payload length (u32)
 _LOSSLESS_PARAMS = struct.Struct("<B3xII")
+_LOSSLESS_PARAMS_V2 = struct.Struct("<BBxxI")  # ... then (stripped words, payload words) per lane
+_LANE = struct.Struct("<II")
 _LOSSY_PARAMS = struct.Struct("<dI")
+_LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
+"""The length of a version 1 header; a version 2 header is 38 bytes plus its parameter block."""
 _ANS = constriction.stream.stack.AnsCoder
 _MODELS = constriction.stream.model
 
@@ -123,8 +138,15 @@ def _one_thread() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------ model id
 
 
-def model_id(model) -> bytes:
-    """sha256 (32 bytes) of the model class, its config and its weights; a file stores the first 16 bytes."""
+def model_id(model, decoder_only: bool = False) -> bytes:
+    """sha256 (32 bytes) of the model class, its config and its weights; a file stores the first 16 bytes.
+
+    An integer model (``model.arithmetic == "integer"``, :mod:`vae_utils.shrink`) is identified by its
+    likelihood, its layers and their integer tensors; ``decoder_only``: by its decoder alone, which is all a
+    lossy file needs, so that a receiver can hold the decoder without the encoder.
+    """
+    if getattr(model, "arithmetic", "float") == "integer":
+        return _integer_model_id(model, decoder_only)
     model = _check_model(model)
     digest = hashlib.sha256(b"vae_utils.codec model id\0")
     config = getattr(model, "config", {})
@@ -137,12 +159,31 @@ def model_id(model) -> bytes:
     return digest.digest()
 
 
+def _integer_model_id(model, decoder_only: bool) -> bytes:
+    parts = ("decoder",) if decoder_only else ("decoder", "encoder")
+    if any(getattr(model, part, None) is None for part in parts):
+        raise ValueError("this integer model has no encoder: lossless files need the whole model")
+    digest = hashlib.sha256(b"vae_utils.codec integer model id\0")
+    config = {k: v for k, v in model.config.items() if k not in ("encoder", "decoder") or k in parts}
+    digest.update(f"{json.dumps(config, sort_keys=True)}\0".encode())
+    state = model.state_dict()
+    for name in sorted(n for n in state if n.split(".")[0] in parts):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.digest()
+
+
 # ------------------------------------------------------------------------------------------------ the header
 
 
 @dataclasses.dataclass(frozen=True)
 class Header:
-    """The fields of a ``.vae`` file (see the module docstring); ``read_header`` returns one checked."""
+    """The fields of a ``.vae`` file (see the package docstring); ``read_header`` returns one checked.
+
+    ``version`` 1 is written for float files of the first three modes (as every vae_utils before version 2 of
+    the format wrote them), 2 for everything else: integer arithmetic, several lanes, modes added later.
+    """
 
     mode: str
     model_id: bytes
@@ -150,16 +191,28 @@ class Header:
     height: int = IMAGE_SHAPE[1]
     width: int = IMAGE_SHAPE[2]
     latent_bits: int = 0  # lossless: 2**latent_bits buckets per latent dimension
-    seed_words: int = 0  # lossless: the initial words the coder starts from
-    stripped_words: int = 0  # lossless: bottom seed words never touched, left out of the payload
+    seed_words: int = 0  # lossless: the initial words each lane's coder starts from
+    stripped_words: int = 0  # lossless, version 1: bottom seed words never touched, left out of the payload
     step: float = 0.0  # lossy: quantization step of the latents
     symbol_range: int = 0  # lossy: symbols lie in -symbol_range..symbol_range
     payload_bytes: int = 0
-    version: int = FORMAT_VERSION
+    version: int = 1
+    arithmetic: str = "float"
+    lane_stripped: tuple[int, ...] = ()  # lossless, version 2: stripped seed words of each lane
+    lane_words: tuple[int, ...] = ()  # lossless, version 2: each lane's payload words, in lane order
+
+    @property
+    def lanes(self) -> int:
+        """How many ANS stacks the images are spread over (lossless); 1 in a version 1 file."""
+        return max(len(self.lane_words), 1)
+
+    @property
+    def header_bytes(self) -> int:
+        return HEADER_BYTES if self.version == 1 else _HEADER_V2.size + len(self._params()) + _LENGTH.size
 
     @property
     def file_bytes(self) -> int:
-        return HEADER_BYTES + self.payload_bytes + _CRC.size
+        return self.header_bytes + self.payload_bytes + _CRC.size
 
     @property
     def dims(self) -> int:
@@ -178,26 +231,40 @@ class Header:
     def _params(self) -> bytes:
         if self.mode == "lossy":
             return _LOSSY_PARAMS.pack(self.step, self.symbol_range)
-        return _LOSSLESS_PARAMS.pack(self.latent_bits, self.seed_words, self.stripped_words)
+        if self.version == 1:
+            return _LOSSLESS_PARAMS.pack(self.latent_bits, self.seed_words, self.stripped_words)
+        lanes = b"".join(_LANE.pack(s, w) for s, w in zip(self.lane_stripped, self.lane_words))
+        return _LOSSLESS_PARAMS_V2.pack(self.latent_bits, len(self.lane_words), self.seed_words) + lanes
 
     def pack(self) -> bytes:
-        """The 46 header bytes."""
-        return _HEADER.pack(MAGIC, self.version, MODES.index(self.mode), self.model_id[:16], self.n_images,
-                            self.height, self.width, self._params(), self.payload_bytes)  # fmt: skip
+        """The header's bytes (46 in version 1; 38 plus the parameter block in version 2)."""
+        mode, mid = MODES.index(self.mode), self.model_id[:16]
+        if self.version == 1:
+            return _HEADER.pack(MAGIC, 1, mode, mid, self.n_images, self.height, self.width, self._params(),
+                                self.payload_bytes)  # fmt: skip
+        params = self._params()
+        return (_HEADER_V2.pack(MAGIC, 2, mode, ARITHMETICS.index(self.arithmetic), mid, self.n_images,
+                                self.height, self.width, len(params)) + params + _LENGTH.pack(self.payload_bytes))  # fmt: skip
 
     def seed_key(self) -> bytes:
-        """The header fields the initial words are derived from: all but the stripped count and payload length."""
-        fields = dataclasses.replace(self, stripped_words=0, payload_bytes=0)
+        """The header fields the initial words are derived from: all but the stripped counts and payload lengths."""
+        fields = dataclasses.replace(self, stripped_words=0, payload_bytes=0, lane_stripped=(0,) * len(self.lane_stripped),
+                                     lane_words=(0,) * len(self.lane_words))  # fmt: skip
         return fields.pack()
 
     def describe(self) -> dict:
         """A JSON-ready summary, as ``python -m vae_utils.codec info`` prints it."""
-        out = {"mode": self.mode, "format_version": self.version, "model_id": self.model_id[:16].hex(),
-               "n_images": self.n_images, "shape": [self.height, self.width]}  # fmt: skip
+        out = {"mode": self.mode, "format_version": self.version}
+        if self.version > 1:  # every version 1 file is float
+            out["arithmetic"] = self.arithmetic
+        out.update(model_id=self.model_id[:16].hex(), n_images=self.n_images, shape=[self.height, self.width])
         if self.mode == "lossy":
             out.update(step=self.step, symbol_range=self.symbol_range)
-        else:
+        elif self.version == 1:
             out.update(latent_bits=self.latent_bits, seed_words=self.seed_words, stripped_words=self.stripped_words)
+        else:
+            out.update(latent_bits=self.latent_bits, seed_words=self.seed_words, lanes=self.lanes,
+                       stripped_words=sum(self.lane_stripped))  # fmt: skip
         out.update(file_bytes=self.file_bytes, payload_bytes=self.payload_bytes, bits_per_dim=self.bits_per_dim,
                    payload_bits_per_dim=self.payload_bits_per_dim)  # fmt: skip
         return out
@@ -211,10 +278,60 @@ def _truncated(n: int, needed: int, what: str) -> CodecError:
     return CodecError(f"the file is truncated: it has {n} bytes, but {what} needs {needed}")
 
 
+def _check_lossy(step: float, symbol_range: int) -> None:
+    if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:  # also rejects nan
+        raise CodecError(f"the header's quantization step {step!r} is outside [{STEP_RANGE[0]}, {STEP_RANGE[1]}]")
+    if symbol_range != _symbol_range(step):
+        raise CodecError(f"the header's symbol range {symbol_range} is not ceil(8 / step) = {_symbol_range(step)}")
+
+
+def _check_lossless(latent_bits: int, seed_words: int, stripped: Sequence[int]) -> None:
+    low, high = LATENT_BITS_RANGE
+    if not low <= latent_bits <= high:
+        raise CodecError(f"the header's latent_bits {latent_bits} is outside {low}..{high}")
+    if not 2 <= seed_words <= MAX_SEED_WORDS or any(s > seed_words for s in stripped):
+        raise CodecError(f"the header's seed words ({seed_words}, {list(stripped)} stripped) are out of range")
+
+
+def _split(blob: bytes, n: int) -> tuple[int, dict, bytes, int]:
+    """Version, the fields common to both versions, the parameter block and the payload length, after the
+    length checks (truncated, trailing bytes) and the CRC."""
+    version = blob[4]
+    if version == 1:
+        if n < HEADER_BYTES + _CRC.size:
+            raise _truncated(n, HEADER_BYTES + _CRC.size, "the header and checksum")
+        _, _, mode, mid, count, height, width, params, payload_bytes = _HEADER.unpack_from(blob)
+        arithmetic, head = 0, HEADER_BYTES
+    else:
+        fixed = _HEADER_V2.size
+        if n < fixed + _LENGTH.size + _CRC.size:
+            raise _truncated(n, fixed + _LENGTH.size + _CRC.size, "the header and checksum")
+        _, _, mode, arithmetic, mid, count, height, width, length = _HEADER_V2.unpack_from(blob)
+        if length > MAX_PARAMS_BYTES:
+            raise CodecError(f"the header says its parameter block has {length} bytes; at most {MAX_PARAMS_BYTES}")
+        head = fixed + length + _LENGTH.size
+        if n < head + _CRC.size:
+            raise _truncated(n, head + _CRC.size, f"a {length}-byte parameter block as its header says,")
+        params, payload_bytes = blob[fixed : fixed + length], _LENGTH.unpack_from(blob, fixed + length)[0]
+    expected = head + payload_bytes + _CRC.size
+    if n < expected:
+        raise _truncated(n, expected, f"a {payload_bytes}-byte payload as its header says,")
+    if n > expected:
+        raise CodecError(f"the file has {n - expected} bytes after its end ({expected} bytes per its header)")
+    stored, computed = _CRC.unpack_from(blob, n - _CRC.size)[0], zlib.crc32(blob[: n - _CRC.size])
+    if stored != computed:
+        raise CodecError(
+            f"checksum mismatch (stored CRC-32 {stored:08x}, computed {computed:08x}): the file is corrupted"
+        )
+    fields = {"mode": mode, "arithmetic": arithmetic, "model_id": mid, "n_images": count, "height": height,
+              "width": width}  # fmt: skip
+    return version, fields, params, payload_bytes
+
+
 def read_header(blob: bytes) -> Header:
     """Check a whole ``.vae`` file (magic, version, lengths, CRC-32, field ranges) and return its header.
 
-    Raises :class:`CodecError` for anything that is not an intact version-1 file; reads no model.
+    Raises :class:`CodecError` for anything that is not an intact file of a readable version; reads no model.
     """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected the file's bytes (bytes, bytearray or memoryview), got {type(blob).__name__}")
@@ -226,51 +343,54 @@ def read_header(blob: bytes) -> Header:
         raise CodecError(f"not a vae_utils codec file: it starts with {blob[:4]!r}, expected {MAGIC!r}")
     if n < 5:
         raise _truncated(n, 5, "the magic and version")
-    if blob[4] != FORMAT_VERSION:
+    if blob[4] not in READABLE_VERSIONS:
         raise CodecError(
-            f"format version {blob[4]}, but this vae_utils reads version {FORMAT_VERSION}: the file was written by "
-            "another vae_utils version (use that one), or it is corrupted"
+            f"format version {blob[4]}, but this vae_utils reads versions {READABLE_VERSIONS[0]} to "
+            f"{READABLE_VERSIONS[-1]}: the file was written by another vae_utils version (use that one), or it is "
+            "corrupted"
         )
-    if n < HEADER_BYTES + _CRC.size:
-        raise _truncated(n, HEADER_BYTES + _CRC.size, "the header and checksum")
-    _, version, mode, mid, count, height, width, params, payload_bytes = _HEADER.unpack_from(blob)
-    expected = HEADER_BYTES + payload_bytes + _CRC.size
-    if n < expected:
-        raise _truncated(n, expected, f"a {payload_bytes}-byte payload as its header says,")
-    if n > expected:
-        raise CodecError(f"the file has {n - expected} bytes after its end ({expected} bytes per its header)")
-    stored, computed = _CRC.unpack_from(blob, n - _CRC.size)[0], zlib.crc32(blob[: n - _CRC.size])
-    if stored != computed:
-        raise CodecError(
-            f"checksum mismatch (stored CRC-32 {stored:08x}, computed {computed:08x}): the file is corrupted"
-        )
+    version, f, params, payload_bytes = _split(blob, n)
     # From here on the bytes are as written; the checks below guard against a crafted (hostile) header.
-    if mode >= len(MODES):
-        raise CodecError(f"unknown mode {mode}; version {FORMAT_VERSION} knows {dict(enumerate(MODES))}")
-    if not 1 <= count <= MAX_IMAGES:
-        raise CodecError(f"the header says {count} images; a file holds 1..{MAX_IMAGES}")
-    if (height, width) != IMAGE_SHAPE[1:]:
-        raise CodecError(f"the header says {height}x{width} images; the codec's models make 28x28")
+    if f["mode"] >= len(MODES):
+        raise CodecError(f"unknown mode {f['mode']}; version {version} knows {dict(enumerate(MODES))}")
+    if f["arithmetic"] >= len(ARITHMETICS):
+        raise CodecError(f"unknown arithmetic {f['arithmetic']}; this vae_utils knows {dict(enumerate(ARITHMETICS))}")
+    if not 1 <= f["n_images"] <= MAX_IMAGES:
+        raise CodecError(f"the header says {f['n_images']} images; a file holds 1..{MAX_IMAGES}")
+    if (f["height"], f["width"]) != IMAGE_SHAPE[1:]:
+        raise CodecError(f"the header says {f['height']}x{f['width']} images; the codec's models make 28x28")
     if payload_bytes == 0 or payload_bytes % 4:
         raise CodecError(f"the payload must be a positive whole number of 32-bit words, got {payload_bytes} bytes")
-    fields = {"mode": MODES[mode], "model_id": mid, "n_images": count, "height": height, "width": width,
-              "payload_bytes": payload_bytes, "version": version}  # fmt: skip
-    if MODES[mode] == "lossy":
+    mode = MODES[f["mode"]]
+    common = dict(f, mode=mode, arithmetic=ARITHMETICS[f["arithmetic"]], payload_bytes=payload_bytes,
+                  version=version)  # fmt: skip
+    if mode == "lossy":
+        if len(params) != _LOSSY_PARAMS.size:
+            raise CodecError(f"a lossy header's parameter block has {_LOSSY_PARAMS.size} bytes, not {len(params)}")
         step, symbol_range = _LOSSY_PARAMS.unpack(params)
-        if not STEP_RANGE[0] <= step <= STEP_RANGE[1]:  # also rejects nan
-            raise CodecError(f"the header's quantization step {step!r} is outside [{STEP_RANGE[0]}, {STEP_RANGE[1]}]")
-        if symbol_range != _symbol_range(step):
-            raise CodecError(f"the header's symbol range {symbol_range} is not ceil(8 / step) = {_symbol_range(step)}")
-        return Header(**fields, step=step, symbol_range=symbol_range)
-    if params[1:4] != b"\0\0\0":
-        raise CodecError("the header's reserved bytes are not zero")
-    latent_bits, seed_words, stripped = _LOSSLESS_PARAMS.unpack(params)
-    low, high = LATENT_BITS_RANGE
-    if not low <= latent_bits <= high:
-        raise CodecError(f"the header's latent_bits {latent_bits} is outside {low}..{high}")
-    if not 2 <= seed_words <= MAX_SEED_WORDS or stripped > seed_words:
-        raise CodecError(f"the header's seed words ({seed_words}, {stripped} stripped) are out of range")
-    return Header(**fields, latent_bits=latent_bits, seed_words=seed_words, stripped_words=stripped)
+        _check_lossy(step, symbol_range)
+        return Header(**common, step=step, symbol_range=symbol_range)
+    if version == 1:
+        if params[1:4] != b"\0\0\0":
+            raise CodecError("the header's reserved bytes are not zero")
+        latent_bits, seed_words, stripped = _LOSSLESS_PARAMS.unpack(params)
+        _check_lossless(latent_bits, seed_words, [stripped])
+        return Header(**common, latent_bits=latent_bits, seed_words=seed_words, stripped_words=stripped)
+    if len(params) < _LOSSLESS_PARAMS_V2.size or params[2:4] != b"\0\0":
+        raise CodecError("the lossless parameter block is too short or its reserved bytes are not zero")
+    latent_bits, lanes, seed_words = _LOSSLESS_PARAMS_V2.unpack_from(params)
+    if not 1 <= lanes <= min(MAX_LANES, f["n_images"]):
+        raise CodecError(f"the header says {lanes} lanes; a file of {f['n_images']} images has 1..{MAX_LANES} and "
+                         "no more lanes than images")  # fmt: skip
+    if len(params) != _LOSSLESS_PARAMS_V2.size + lanes * _LANE.size:
+        raise CodecError(f"the lossless parameter block of {lanes} lanes has "
+                         f"{_LOSSLESS_PARAMS_V2.size + lanes * _LANE.size} bytes, not {len(params)}")  # fmt: skip
+    pairs = [_LANE.unpack_from(params, _LOSSLESS_PARAMS_V2.size + i * _LANE.size) for i in range(lanes)]
+    stripped, words = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    _check_lossless(latent_bits, seed_words, stripped)
+    if min(words) < 1 or sum(words) * 4 != payload_bytes:
+        raise CodecError(f"the lanes' payload words {list(words)} do not add up to the {payload_bytes}-byte payload")
+    return Header(**common, latent_bits=latent_bits, seed_words=seed_words, lane_stripped=stripped, lane_words=words)
 
 
 def initial_words(key: bytes, n: int) -> np.ndarray:
@@ -339,7 +459,7 @@ class Compressed:
 
 def _finish(header: Header, words: np.ndarray) -> bytes:
     payload = words.astype("<u4").tobytes()
-    head = dataclasses.replace(header, payload_bytes=len(payload)).pack()
+    head = dataclasses.replace(header, payload_bytes=len(payload)).pack()  # version 2: lane words already set
     return head + payload + _CRC.pack(zlib.crc32(head + payload))
 
 
