@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks lab check-site clean
+.PHONY: book test notebooks lab check-site pdf clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lab: $(STAMP)
 PAGES ?=
 check-site: $(STAMP)
 	$(BIN)/python tools/check_site.py $(PAGES)
+
+# The whole book as one PDF, offline: the single-page build printed by the system Chromium -> _build/pdf/book.pdf
+pdf: $(STAMP)
+	$(BIN)/jupyter-book build . --builder singlehtml -W --keep-going
+	$(BIN)/python tools/book_pdf.py
 
 # Re-execute every chapter in place (fresh kernel, outputs saved), e.g. after changing vae_utils.
 notebooks: $(STAMP)

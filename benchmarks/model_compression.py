@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def run_kind(kind: str, args) -> dict:
     for row in rows:
         row["gap_to_float32_percent"] = 100 * (row["bits_per_dim"] / base["bits_per_dim"] - 1)
         row["bytes_vs_float32"] = row["model_bytes"] / base["model_bytes"]
-    return {"classical": {"name": classical["name"], "bytes_per_image": classical["bytes_per_image"]},
+    return {"command": "python benchmarks/model_compression.py " + " ".join(sys.argv[1:]),
+            "classical": {"name": classical["name"], "bytes_per_image": classical["bytes_per_image"]},
             "parameters": model.num_parameters(), "variants": rows}  # fmt: skip
 
 
@@ -133,7 +135,8 @@ def main() -> None:
                         "decoding are timed (and decoded and checked) (default 512)")  # fmt: skip
     parser.add_argument("--calibration-images", type=int, default=500, help="training images that set the integer "
                         "networks' activation scales (default 500)")  # fmt: skip
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.75, 0.9],
+                        help="pruned fractions, each fine-tuned (none: no pruned variants)")
     parser.add_argument("--integer-sparsity", type=float, default=0.75, help="the pruned model made integer too")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (default 2)")
     parser.add_argument("--finetune-subset", type=int, default=0, help="fine-tune on the first N training images "
@@ -150,10 +153,6 @@ def main() -> None:
     start = time.perf_counter()
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               "command": "python benchmarks/model_compression.py " + " ".join(
-                   f"--n-images {args.n_images} --speed-images {args.speed_images} --finetune-epochs "
-                   f"{args.finetune_epochs} --finetune-subset {args.finetune_subset} --sparsities "
-                   f"{' '.join(map(str, args.sparsities))} --skip {' '.join(args.skip)}".split()),
                "n_images": args.n_images, "speed_images": args.speed_images,
                "finetune_epochs": args.finetune_epochs, "finetune_subset": args.finetune_subset}  # fmt: skip
     if args.merge and args.out.is_file():  # keep the other kinds' results from an earlier run

@@ -6,7 +6,9 @@ Checks out ``vae_utils`` of the ``--before`` commit into a temporary folder (``g
 ``Trainer.train_epoch`` of the shipped binarized ConvVAE recipe (``checkpoints/conv_binarized/config.json``,
 ``--steps`` batches of 64) with the old package and with this working tree's, alternating A, B, A, B, ...
 so that a machine whose load drifts disturbs both alike. Each round runs in a fresh process and times its
-second epoch (the first warms up). Prints every round and the medians.
+second epoch (the first warms up). Prints every round and the medians, of steps per second of wall-clock
+time and of steps per second of the process's CPU time: on a shared machine the second is the steadier
+measure of the work a step costs (with one thread it leaves out only the time spent waiting for a core).
 """
 
 import argparse
@@ -31,9 +33,10 @@ with tempfile.TemporaryDirectory() as out:
                                              "train_subset": 64 * int(sys.argv[3]), "val_subset": 1})
     trainer = Trainer(config)
     trainer.train_epoch()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.train_epoch()
-    print(int(sys.argv[3]) / (time.perf_counter() - start))
+    steps = int(sys.argv[3])
+    print(steps / (time.perf_counter() - start), steps / (time.process_time() - cpu))
 """
 
 
@@ -52,19 +55,24 @@ def main() -> None:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(old, filter="data")
         speeds = {"before": [], "after": []}
+        cpu_speeds = {"before": [], "after": []}
         for round_ in range(args.rounds):
             for name, path in (("before", old), ("after", str(ROOT))):
                 env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads)}
                 result = subprocess.run([sys.executable, "-c", PROBE, str(args.threads), str(config), str(args.steps)],
                                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
-                speeds[name].append(float(result.stdout.split()[-1]))
-                print(f"round {round_ + 1} {name:6s} {speeds[name][-1]:6.2f} steps/s", flush=True)
+                wall, cpu = map(float, result.stdout.split()[-2:])
+                speeds[name].append(wall)
+                cpu_speeds[name].append(cpu)
+                print(f"round {round_ + 1} {name:6s} {wall:6.2f} steps/s, {cpu:6.2f} steps per CPU second", flush=True)
     medians = {name: statistics.median(values) for name, values in speeds.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu_speeds.items()}
     print(f"median: before ({args.before}) {medians['before']:.2f} steps/s, after {medians['after']:.2f} steps/s "
-          f"({medians['after'] / medians['before']:.3f}x)")  # fmt: skip
+          f"({medians['after'] / medians['before']:.3f}x); per CPU second: before {cpu_medians['before']:.2f}, "
+          f"after {cpu_medians['after']:.2f} ({cpu_medians['after'] / cpu_medians['before']:.3f}x)")  # fmt: skip
     if args.json is not None:
         report = {"before": args.before, "threads": args.threads, "steps": args.steps, "steps_per_second": speeds,
-                  "medians": medians}  # fmt: skip
+                  "medians": medians, "steps_per_cpu_second": cpu_speeds, "cpu_medians": cpu_medians}  # fmt: skip
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 

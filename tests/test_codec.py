@@ -522,3 +522,243 @@ def test_shipped_binarized_checkpoint_codes_at_its_elbo(binary_images):
     result = codec.compress(model, images)
     assert np.array_equal(codec.decompress(model, result.data), images)
     assert 8 * result.payload_bytes == pytest.approx(nelbo_bits(model, images) + result.initial_bits, rel=0.01)
+
+
+# ------------------------------------------------- learned priors and latent hierarchies (Chapter 8)
+
+
+from vae_utils.codec import hierarchy  # noqa: E402
+from vae_utils.model import HierarchicalVAE  # noqa: E402
+
+
+def deep_model(kind: str, seed: int = 0):
+    """Small untrained models of the three deep kinds (fast; their -ELBO is still a fine reference)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        small = {"channels": (8, 16), "hidden_dim": 32}
+        if kind == "hierarchy":
+            return HierarchicalVAE(latent_dims=(8, 4, 3), **small).eval()
+        return ConvVAE(latent_dim=8, prior=kind, prior_components=6, **small).eval()
+
+
+def stream_round_trip(model, images: np.ndarray, order: str, key: bytes = b"test"):
+    symbols = images.reshape(len(images), -1).astype(np.int32)
+    seed = codec.initial_words(key, hierarchy.seed_words(model))
+    words, stripped, net_bits = hierarchy.encode_stream(model, symbols, 12, order, key, seed)
+    decoded = hierarchy.decode_stream(model, words[stripped:], len(images), 12, order, key, seed, stripped)
+    initial = 32.0 * (len(words) - stripped) - net_bits.sum()
+    return decoded, net_bits, initial, (words[stripped:], stripped)
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp", "mog"])
+@pytest.mark.parametrize("order", hierarchy.ORDERS)
+def test_deep_streams_round_trip_at_the_elbo(kind, order, binary_images):
+    model, images = deep_model(kind), binary_images[:30]
+    decoded, net_bits, initial, _ = stream_round_trip(model, images, order)
+    assert np.array_equal(decoded.reshape(images.shape), images)
+    assert net_bits.sum() == pytest.approx(nelbo_bits(model, images), rel=0.01)
+    assert 0 < initial < 32 * hierarchy.seed_words(model)
+
+
+def test_bitswap_borrows_fewer_initial_bits_than_bbans(binary_images):
+    images = binary_images[:3]
+    initial = {}
+    for dims in ((8, 6), (8, 6, 6), (8, 6, 6, 6)):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = HierarchicalVAE(latent_dims=dims, channels=(8, 16), hidden_dim=32).eval()
+        for order in hierarchy.ORDERS:
+            initial[len(dims), order] = stream_round_trip(model, images, order)[2]
+    for layers in (2, 3, 4):
+        assert initial[layers, "bitswap"] < initial[layers, "bbans"]
+    # BB-ANS borrows every layer's bits: each extra layer of 6 dimensions adds tens of bits; Bit-Swap does not grow
+    assert initial[4, "bbans"] - initial[2, "bbans"] > 40
+    assert abs(initial[4, "bitswap"] - initial[2, "bitswap"]) < 40
+
+
+def test_component_posterior_is_the_exact_mixture_posterior():
+    model = deep_model("mog")
+    components = model.prior_components()
+    buckets = np.array([100, 2000, 4095, 0, 3000, 1500, 2048, 7], dtype=np.int32)
+    q = hierarchy.component_posterior(buckets, components, 12)
+    edges, _ = codec.latent_grid(12)
+    lo, hi = edges[buckets], edges[buckets + 1]
+    log_w, mu, logvar = (t.double().detach() for t in components)
+    normal = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    mass = (normal.cdf(hi) - normal.cdf(lo)).clamp(min=1e-300).log().sum(1)
+    np.testing.assert_allclose(q, torch.softmax(log_w + mass, 0).numpy(), rtol=1e-6, atol=1e-12)
+    assert q.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp"])
+def test_a_corrupted_deep_stream_is_refused(kind, binary_images):
+    model, images = deep_model(kind), binary_images[:4]
+    _, _, _, (words, stripped) = stream_round_trip(model, images, "bitswap")
+    seed = codec.initial_words(b"test", hierarchy.seed_words(model))
+    for flip in (0, len(words) // 2, len(words) - 1):
+        bad = words.copy()
+        bad[flip] ^= np.uint32(1 << 7)
+        with pytest.raises((codec.CodecError, ValueError)):
+            decoded = hierarchy.decode_stream(model, bad, 4, 12, "bitswap", b"test", seed, stripped)
+            assert np.array_equal(decoded.reshape(images.shape), images)  # silent garbage is a failure too
+            raise AssertionError("a corrupted stream decoded to the right images")
+
+
+# ------------------------------------------------ the -deep modes of the file format (format version 2)
+
+
+@pytest.fixture(scope="module")
+def deep_files(binary_images):
+    """Small valid -deep files, 3 images each: a hierarchy in the Bit-Swap order, a VampPrior in the BB-ANS order."""
+    x = binary_images[:3]
+    models = {"hierarchy": deep_model("hierarchy"), "vamp": deep_model("vamp")}
+    files = {"hierarchy": codec.compress(models["hierarchy"], x).data,
+             "vamp": codec.compress(models["vamp"], x, order="bbans").data}  # fmt: skip
+    return files, models, x
+
+
+def with_deep_header(blob: bytes, **fields) -> bytes:
+    """A -deep file's payload under a header with some fields changed, CRC recomputed."""
+    header = codec.read_header(blob)
+    edited = dataclasses.replace(header, **fields)
+    return recrc(edited.pack() + blob[header.header_bytes :])
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp"])
+@pytest.mark.parametrize("order", codec.DEEP_ORDERS)
+def test_deep_files_round_trip_at_the_elbo(kind, order, binary_images):
+    model, images = deep_model(kind), binary_images[:30]
+    result = codec.compress(model, images, order=order)
+    header = result.header
+    assert (header.mode, header.version, header.order, header.layers) == ("lossless-binary-deep", 2, order, 3 if kind == "hierarchy" else 2)
+    assert np.array_equal(codec.decompress(model, result.data), images)
+    assert result.net_bits.sum() == pytest.approx(nelbo_bits(model, images), rel=0.01)
+    assert 8 * result.payload_bytes == result.net_bits.sum() + result.initial_bits
+    info = header.describe()
+    assert info["order"] == order and info["layers"] == header.layers and info["mode"] == "lossless-binary-deep"
+
+
+def test_order_is_refused_where_it_does_not_apply(binary_model, binary_images):
+    with pytest.raises(ValueError, match="order applies to lossless coding of a model with a learned prior"):
+        codec.compress(binary_model, binary_images[:2], order="bitswap")
+    with pytest.raises(ValueError, match="order applies to lossless coding, not lossy"):
+        codec.compress(deep_model("vamp"), binary_images[:2], "lossy", order="bbans")
+    with pytest.raises(ValueError, match="order must be one of bitswap, bbans"):
+        codec.compress(deep_model("vamp"), binary_images[:2], order="swap")
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp"])
+def test_every_truncation_and_bit_flip_of_a_deep_file_is_a_codec_error(kind, deep_files):
+    files, models, _ = deep_files
+    blob, model = files[kind], models[kind]
+    for n in range(len(blob)):
+        with pytest.raises(codec.CodecError, match="truncated|empty"):
+            codec.decompress(model, blob[:n])
+    flipped = bytearray(blob)
+    for bit in range(0, 8 * len(blob), 3):
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(codec.CodecError):
+            codec.decompress(model, bytes(flipped))
+        flipped[bit // 8] ^= 1 << (bit % 8)
+
+
+@pytest.mark.parametrize("kind", ["hierarchy", "vamp"])
+def test_deep_payload_bit_flips_with_a_valid_crc_are_caught_by_the_stream(kind, deep_files):
+    files, models, _ = deep_files
+    blob, model = bytearray(files[kind]), models[kind]
+    start = codec.read_header(bytes(blob)).header_bytes
+    for bit in range(8 * start, 8 * (len(blob) - 4), 5):
+        blob[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(codec.CodecError, match="corrupted|ran out"):
+            codec.decompress(model, recrc(bytes(blob)))
+        blob[bit // 8] ^= 1 << (bit % 8)
+
+
+def test_crafted_deep_headers_are_refused(deep_files):
+    files, models, _ = deep_files
+    blob, model = files["hierarchy"], models["hierarchy"]
+    header = codec.read_header(blob)
+    for edit in ({"order": "bbans"}, {"latent_bits": 11}, {"n_images": 4}, {"seed_words": header.seed_words + 1},
+                 {"stripped_words": header.stripped_words - 1}):  # fmt: skip
+        with pytest.raises(codec.CodecError, match="corrupted|ran out"):
+            codec.decompress(model, with_deep_header(blob, **edit))
+    with pytest.raises(codec.CodecError, match="codes 2 latent layers, but the given model has 3"):
+        codec.decompress(model, with_deep_header(blob, layers=2))
+    checks = [({"layers": 1}, "2..16"), ({"layers": 17}, "2..16"), ({"latent_bits": 3}, "outside"),
+              ({"stripped_words": header.seed_words + 1}, "out of range"), ({"arithmetic": "integer"}, "float arithmetic")]  # fmt: skip
+    for edit, match in checks:
+        with pytest.raises(codec.CodecError, match=match):
+            codec.read_header(with_deep_header(blob, **edit))
+    params_at = 34  # the version 2 header's parameter block
+    for offset, value, match in ((1, 2, "unknown order 2"), (3, 1, "byte 3 zero")):
+        edited = bytearray(blob)
+        edited[params_at + offset] = value
+        with pytest.raises(codec.CodecError, match=match):
+            codec.read_header(recrc(bytes(edited)))
+    as_version_1 = bytearray(blob)
+    as_version_1[4] = 1
+    with pytest.raises(codec.CodecError):
+        codec.decompress(model, recrc(bytes(as_version_1)))
+    with pytest.raises(codec.CodecError, match="compressed with model"):  # a plain model: another model id
+        codec.decompress(ConvVAE(latent_dim=8, channels=(8, 16), hidden_dim=32).eval(), blob)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutations_of_a_deep_file(deep_files, draw):
+    """Random edits of a -deep file (CRC fixed or not): the original images back, or a CodecError."""
+    files, models, images = deep_files
+    kind = draw.draw(st.sampled_from(sorted(files)), label="kind")
+    blob = bytearray(files[kind])
+    for _ in range(draw.draw(st.integers(1, 4), label="edits")):
+        position = draw.draw(st.integers(0, len(blob) - 1), label="position")
+        action = draw.draw(st.sampled_from(["set", "insert", "delete"]), label="action")
+        if action == "set":
+            blob[position] = draw.draw(st.integers(0, 255), label="byte")
+        elif action == "insert":
+            blob.insert(position, draw.draw(st.integers(0, 255), label="byte"))
+        elif len(blob) > 1:
+            del blob[position]
+    candidate = recrc(bytes(blob)) if draw.draw(st.booleans(), label="fix crc") and len(blob) >= 4 else bytes(blob)
+    try:
+        decoded = codec.decompress(models[kind], candidate)
+    except codec.CodecError:
+        return
+    assert candidate == files[kind], "a changed file decoded without an error"
+    assert np.array_equal(decoded, images)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_deep_parameter_blocks_with_a_valid_crc(deep_files, draw):
+    """Any bytes in a -deep header's parameter block (CRC recomputed): a CodecError unless it is the original."""
+    files, models, images = deep_files
+    blob = files["hierarchy"]
+    params = draw.draw(st.binary(min_size=12, max_size=12), label="params")
+    candidate = recrc(blob[:34] + params + blob[46:])
+    if candidate == blob:
+        assert np.array_equal(codec.decompress(models["hierarchy"], candidate), images)
+    else:
+        with pytest.raises(codec.CodecError):
+            codec.decompress(models["hierarchy"], candidate)
+
+
+def test_cli_codes_a_hierarchy_in_either_order_and_info_shows_it(tmp_path, binary_images, checkpoints, capsys):
+    model = deep_model("hierarchy")
+    path = tmp_path / "hvae" / "best.pt"
+    save_atomic(make_checkpoint(model), path)
+    np.save(tmp_path / "x.npy", binary_images[:3] * np.uint8(255))
+    for order in codec.DEEP_ORDERS:
+        out = tmp_path / f"{order}.vae"
+        assert codec.main(["compress", str(tmp_path / "x.npy"), "-o", str(out), "--checkpoint", str(path),
+                           "--order", order, "--no-progress"]) == 0  # fmt: skip
+        assert f"lossless-binary-deep, {order} order: 3 images" in capsys.readouterr().out
+        assert codec.main(["info", str(out)]) == 0
+        info = capsys.readouterr().out
+        assert "lossless-binary-deep" in info and f"order" in info and order in info and "layers" in info
+        assert codec.main(["decompress", str(out), "-o", str(tmp_path / order), "--checkpoint", str(path)]) == 0
+        capsys.readouterr()
+        assert np.array_equal(read_pngs(tmp_path / order) > 0, binary_images[:3] > 0)
+    assert codec.main(["compress", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.vae"), "--checkpoint",
+                       str(checkpoints[1]["binarized"]), "--order", "bbans"]) == 2  # fmt: skip
+    assert "--order applies to lossless coding with a model that has a learned prior" in capsys.readouterr().err

@@ -396,3 +396,104 @@ def test_value_checks_can_be_turned_off_for_a_block():
     assert E.checking_values()
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         ConvVAE(latent_dim=2, channels=(2, 2), hidden_dim=4).encode(grey * 3)
+
+# ------------------------------------------------------------- learned priors and latent hierarchies (Chapter 8)
+
+
+class TinyMixturePriorVAE(TinyVAE):
+    """The tiny VAE with a learned prior: a two-component Gaussian mixture in place of N(0, 1)."""
+
+    prior = "mog"
+
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        log_weights = torch.tensor([0.3, 0.7], dtype=F64).log()
+        return log_weights, torch.tensor([[-1.0], [0.8]], dtype=F64), torch.tensor([[-1.0], [-0.5]], dtype=F64)
+
+    def log_evidence(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.linspace(-12, 12, 48_001, dtype=F64)[:, None]
+        log_joint = E.mixture_log_density(z, *self.prior_components())[:, None] + torch.stack(
+            [E.bernoulli_log_likelihood(self.decode(z), xi.expand(len(z), 1, 2, 2)) for xi in x], dim=1
+        )
+        return torch.logsumexp(log_joint, dim=0) + math.log(24 / 48_000)
+
+
+class TinyHierarchy(TinyVAE):
+    """The tiny VAE with a second latent layer whose marginal prior on z_1 is still N(0, 1): p(z_2) = N(0, 1),
+    p(z_1 | z_2) = N(0.8 z_2, 0.36); and q(z_2 | z_1) = N(0.8 z_1, 0.36), the exact posterior p(z_2 | z_1). So
+    its log p(x) is the tiny VAE's, and so is its ELBO in expectation."""
+
+    latent_dims = (1, 1)
+
+    def posterior(self, level: int, given: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if level == 0:
+            return self.encode(given)
+        return 0.8 * given, torch.full_like(given, math.log(0.36))
+
+    def conditional_prior(self, level: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return 0.8 * z_above, torch.full_like(z_above, math.log(0.36))
+
+    def parameters(self):
+        yield self.w
+
+
+def test_mixture_log_density_matches_torch_distributions():
+    log_weights, mu, logvar = TinyMixturePriorVAE().prior_components()
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=log_weights),
+        torch.distributions.Independent(torch.distributions.Normal(mu, (0.5 * logvar).exp()), 1),
+    )
+    z = torch.linspace(-5, 5, 101, dtype=F64).view(-1, 1)
+    torch.testing.assert_close(E.mixture_log_density(z, log_weights, mu, logvar), mixture.log_prob(z))
+    with pytest.raises(ValueError, match="a mixture of K Gaussians in D dimensions"):
+        E.mixture_log_density(z, log_weights, mu, logvar[:1])
+
+
+def test_learned_prior_rate_and_bounds_against_the_exact_evidence():
+    model, n = TinyMixturePriorVAE(q_var=0.3), 20_000
+    x = X_TINY.repeat(n, 1, 1, 1)
+    out = E.elbo(model, x, generator=gen(0))
+    torch.testing.assert_close(out["elbo"], -(out["distortion"] + out["rate"]))
+    mu, logvar = model.encode(X_TINY)
+    z = mu.T + torch.linspace(-8, 8, 16_001, dtype=F64)[:, None] * (0.5 * logvar.T).exp()  # quadrature over q
+    log_q = -0.5 * (math.log(2 * math.pi) + logvar.T + (z - mu.T) ** 2 / logvar.T.exp())
+    log_p = E.mixture_log_density(z[..., None], *model.prior_components())
+    kl = ((log_q - log_p) * log_q.exp()).sum(0) * (16 / 16_000) * (0.5 * logvar.T).exp()[0]
+    assert_within_standard_errors(out["rate"].view(n, 3), kl)  # the one-sample rate is unbiased
+    log_px = model.log_evidence(X_TINY)
+    assert (out["elbo"].view(n, 3).mean(0) < log_px).all()
+    torch.testing.assert_close(E.iwae_bound(model, X_TINY, 20_000, gen(1), chunk_size=5000), log_px, rtol=0, atol=0.02)
+
+
+def test_hierarchical_elbo_and_iwae_of_a_hierarchy_with_an_exact_upper_posterior():
+    model, flat, n = TinyHierarchy(q_var=0.3), TinyVAE(q_var=0.3), 20_000
+    x = X_TINY.repeat(n, 1, 1, 1)
+    out = E.elbo(model, x, generator=gen(0))
+    assert out["layer_rates"].shape == (3 * n, 2)
+    torch.testing.assert_close(out["rate"], out["layer_rates"].sum(dim=1))
+    torch.testing.assert_close(out["elbo"], -(out["distortion"] + out["rate"]))
+    hierarchical, single = out["elbo"].view(n, 3), E.elbo(flat, x, generator=gen(1))["elbo"].view(n, 3)
+    se = (hierarchical.var(0) / n + single.var(0) / n).sqrt()
+    assert ((hierarchical.mean(0) - single.mean(0)).abs() < 5 * se).all()  # KL(q(z2|z1) || p(z2|z1)) = 0
+    log_px = flat.log_evidence(X_TINY)
+    torch.testing.assert_close(E.iwae_bound(model, X_TINY, 20_000, gen(2), chunk_size=5000), log_px, rtol=0, atol=0.02)
+    chunks = [E.iwae_bound(model, X_TINY, 37, gen(3), chunk_size=c) for c in (1, 5, 37)]
+    for bound in chunks[1:]:
+        torch.testing.assert_close(bound, chunks[0], rtol=0, atol=1e-12)
+
+
+def test_free_bits_and_per_layer_beta_change_the_loss_not_the_elbo():
+    model, x = TinyHierarchy(), X_TINY.repeat(200, 1, 1, 1)
+    plain = E.elbo(model, x, generator=gen(0))
+    rates = plain["layer_rates"].mean(0)
+    threshold = float(rates.max()) + 1.0  # above both layers' mean rates: both are charged the constant
+    free = E.elbo(model, x, generator=gen(0), free_bits=threshold)
+    torch.testing.assert_close(free["elbo"], plain["elbo"])
+    torch.testing.assert_close(free["loss"], plain["distortion"] + 2 * threshold)
+    low = E.elbo(model, x, generator=gen(0), free_bits=float(rates.min()) / 2)  # below both: the plain loss
+    torch.testing.assert_close(low["loss"], plain["loss"])
+    weighted = E.elbo(model, x, beta=[1.0, 0.0], generator=gen(0))
+    torch.testing.assert_close(weighted["loss"], plain["distortion"] + plain["layer_rates"][:, 0])
+    for bad, match in (({"beta": [1.0]}, "one per latent layer"), ({"beta": -1.0}, "non-negative"),
+                       ({"free_bits": -1.0}, "free_bits must be"), ({"free_bits": math.inf}, "free_bits must be")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            E.elbo(model, x, **bad)

@@ -151,11 +151,12 @@ def test_shipped_checkpoint_matches_its_metrics(run):
 
 
 def test_shipped_checkpoints_are_all_documented():
-    assert {p.name for p in SHIPPED} == {"conv_binarized", "fc_binarized", "conv_8bit"}  # the book loads these
+    assert {p.name for p in SHIPPED} == {"conv_binarized", "fc_binarized", "conv_8bit",  # the book loads these
+                                         "conv_vamp_binarized", "hvae_binarized"}  # Chapter 8
     for run in SHIPPED:
         assert {"best.pt", "config.json", "log.csv", "command.txt", "metrics.json"} <= {p.name for p in run.iterdir()}
         train_command, evaluate_command = (run / "command.txt").read_text().strip().splitlines()
-        assert re.fullmatch(r"(OMP_NUM_THREADS=\d+ )?python -m vae_utils\.train .*--out checkpoints/" + run.name + " .*",
+        assert re.fullmatch(r"(OMP_NUM_THREADS=\d+ )?python -m vae_utils\.train .*--out checkpoints/" + run.name + "( .*)?",
                             train_command), train_command  # fmt: skip
         assert evaluate_command.split("python -m vae_utils.evaluate ")[1].startswith(f"checkpoints/{run.name}")
 

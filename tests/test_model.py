@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from vae_utils.elbo import elbo
-from vae_utils.model import FCVAE, CheckpointError, ConvVAE, load_checkpoint, make_checkpoint, save_atomic
+from vae_utils.model import (
+    FCVAE,
+    CheckpointError,
+    ConvVAE,
+    HierarchicalVAE,
+    load_checkpoint,
+    make_checkpoint,
+    save_atomic,
+)
 
 MODELS = [(cls, likelihood) for cls in (ConvVAE, FCVAE) for likelihood in ("bernoulli", "logistic_mixture")]
 IDS = [f"{cls.__name__}-{likelihood}" for cls, likelihood in MODELS]
@@ -307,3 +315,77 @@ def test_refuses_tampered_checkpoints(tmp_path, tamper, match):
     torch.save(checkpoint, tmp_path / "tampered.pt")
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(tmp_path / "tampered.pt")
+
+
+# ------------------------------------------------------------- learned priors and latent hierarchies (Chapter 8)
+
+
+def small(cls=ConvVAE, **kwargs):
+    return make(cls, "bernoulli", channels=(4, 8), hidden_dim=16, **kwargs)
+
+
+def test_the_standard_prior_adds_nothing():
+    """N(0, I) models keep their weights, config and sample stream: the shipped checkpoints stay valid."""
+    plain = small(latent_dim=3)
+    assert plain.prior == "standard" and "prior" not in plain.config
+    assert not any("pseudo" in name or "prior" in name for name in plain.state_dict())
+    eps = torch.randn((5, 3), generator=gen(0))
+    torch.testing.assert_close(plain.sample_latent(5, gen(0)), eps, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prior, extra", [("vamp", {"pseudo_inputs": (6, 1, 28, 28)}),
+                                          ("mog", {"prior_means": (6, 3), "prior_logvars": (6, 3), "prior_logits": (6,)})])  # fmt: skip
+def test_learned_priors(prior, extra, tmp_path):
+    model = small(latent_dim=3, prior=prior, prior_components=6)
+    assert model.config["prior"] == prior and model.config["prior_components"] == 6
+    state = model.state_dict()
+    assert {name: tuple(state[name].shape) for name in extra} == extra
+    log_weights, mu, logvar = model.prior_components()
+    assert log_weights.shape == (6,) and mu.shape == logvar.shape == (6, 3)
+    torch.testing.assert_close(log_weights.exp().sum(), torch.tensor(1.0))
+    if prior == "vamp":  # the components are the encoder's posteriors of the pseudo-inputs
+        torch.testing.assert_close(mu, model.encode(torch.sigmoid(model.pseudo_inputs))[0])
+        images_in = torch.rand(6, 1, 28, 28, generator=gen(1))
+        model.init_pseudo_inputs(images_in)
+        torch.testing.assert_close(torch.sigmoid(model.pseudo_inputs), 0.01 + 0.98 * images_in)
+        with pytest.raises(ValueError, match="expected 6 images"):
+            model.init_pseudo_inputs(images_in[:2])
+    z = model.sample_latent(4000, gen(2))
+    mixture_mean = (log_weights.exp()[:, None] * mu).sum(0)
+    assert (z.mean(0) - mixture_mean).abs().max() < 0.1
+    save_atomic(make_checkpoint(model), tmp_path / "m.pt")
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.config == json.loads(json.dumps(model.config)) | {"channels": (4, 8)}
+    torch.testing.assert_close(loaded.prior_components()[1], model.prior_components()[1])
+    with pytest.raises(ValueError, match="prior must be one of"):
+        small(prior="flow")
+    with pytest.raises(ValueError, match="only a VampPrior has pseudo-inputs"):
+        small().init_pseudo_inputs(images_in if prior == "vamp" else torch.zeros(1, 1, 28, 28))
+
+
+def test_hierarchical_vae_shapes_chains_and_checkpoint(tmp_path):
+    model = small(HierarchicalVAE, latent_dims=(5, 3, 2))
+    assert model.latent_dims == (5, 3, 2) and model.latent_dim == 5
+    assert model.config["latent_dims"] == (5, 3, 2) and "latent_dim" not in model.config
+    x = images("bernoulli")
+    mu, logvar = model.posterior(0, x)
+    torch.testing.assert_close(mu, model.encode(x)[0])
+    assert [t.shape for t in model.posterior(1, mu)] == [(4, 3)] * 2
+    assert [t.shape for t in model.posterior(2, torch.zeros(4, 3))] == [(4, 2)] * 2
+    assert [t.shape for t in model.conditional_prior(0, torch.zeros(4, 3))] == [(4, 5)] * 2
+    assert [t.shape for t in model.conditional_prior(1, torch.zeros(4, 2))] == [(4, 3)] * 2
+    assert model.sample_latent(7, gen(0)).shape == (7, 5)
+    assert torch.equal(model.sample(3, gen(0)), model.sample(3, gen(0)))
+    with pytest.raises(ValueError, match="level must be an int in 0..1"):
+        model.conditional_prior(2, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"z_2 must be a torch.float32 tensor of shape \(B, 3\)"):
+        model.posterior(2, torch.zeros(4, 5))
+    for bad in ((5,), 5, "53", (5, 0)):
+        with pytest.raises(ValueError, match="latent_dims"):
+            small(HierarchicalVAE, latent_dims=bad)
+    save_atomic(make_checkpoint(model), tmp_path / "h.pt")
+    loaded, checkpoint = load_checkpoint(tmp_path / "h.pt")
+    assert type(loaded) is HierarchicalVAE and checkpoint["model_class"] == "HierarchicalVAE"
+    torch.testing.assert_close(loaded.conditional_prior(0, torch.ones(2, 3)), model.conditional_prior(0, torch.ones(2, 3)))
+    shared = set(ConvVAE(latent_dim=5, channels=(4, 8), hidden_dim=16).state_dict())
+    assert shared < set(model.state_dict())  # the ConvVAE's encoder and decoder, plus the up and down MLPs

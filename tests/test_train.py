@@ -290,6 +290,40 @@ def test_speed_options_are_off_by_default_and_old_configs_mean_what_they_meant()
     assert not {"compile", "precision", "channels_last", "drop_last", "nan_check_every"} & set(stored)
     assert (config.compile, config.precision, config.channels_last, config.drop_last) == ("off", "fp32", False, False)
 
+# ------------------------------------------------------------- learned priors and latent hierarchies (Chapter 8)
+
+
+@pytest.mark.parametrize("extra", [{"prior": "vamp", "prior_components": 7, "free_bits": 0.5},
+                                   {"model": "hvae", "latent_dims": (4, 3), "free_bits": 1.0}],
+                         ids=["vamp", "hvae"])  # fmt: skip
+def test_new_models_train_and_resume_exactly(tmp_path, extra):
+    straight = train.Trainer(tiny_config(tmp_path / "straight", **extra))
+    history = straight.fit()
+    assert history[-1]["val_nelbo"] < history[0]["val_nelbo"]
+    interrupted = train.Trainer(tiny_config(tmp_path / "resumed", **extra))
+    interrupted.fit(stop_after=2)
+    resumed = train.Trainer(tiny_config(tmp_path / "resumed", **extra), resume=tmp_path / "resumed" / "run" / "last.pt")
+    resumed.fit()
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_warm_start_takes_the_shared_weights_and_pseudo_inputs_start_at_training_images(tmp_path):
+    base = train.Trainer(tiny_config(tmp_path / "base", epochs=1))
+    base.fit()
+    checkpoint = str(tmp_path / "base" / "run" / "best.pt")
+    for extra in ({"prior": "vamp", "prior_components": 5}, {"model": "hvae", "latent_dims": (4, 2)}):
+        warm = train.Trainer(tiny_config(tmp_path / "warm", init_from=checkpoint, **extra)).model
+        for name, value in base.model.state_dict().items():
+            assert torch.equal(warm.state_dict()[name], value), name
+    pseudo = torch.sigmoid(train.Trainer(tiny_config(tmp_path / "v", prior="vamp", prior_components=5)).model.pseudo_inputs)
+    train_images = train.data.to_tensor(train.data.mnist_splits(seed=0)["train"].images[:512])
+    for image in pseudo:  # each one is (0.01 + 0.98 x) for a training image x
+        assert ((train_images - (image - 0.01) / 0.98).abs().flatten(1).amax(1) < 1e-5).any()
+    other = tiny_config(tmp_path / "fc", model="fc", init_from=checkpoint)
+    with pytest.raises(train.CheckpointError, match="does not fit into a FCVAE"):
+        train.Trainer(other)
+
 
 @pytest.mark.parametrize(
     "values, match",
@@ -297,6 +331,17 @@ def test_speed_options_are_off_by_default_and_old_configs_mean_what_they_meant()
      ({"channels_last": 1}, "channels_last must be true or false"), ({"nan_check_every": 0}, "nan_check_every")],
 )  # fmt: skip
 def test_bad_speed_options(values, match):
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [({"prior": "flow"}, "prior must be one of standard, vamp, mog"), ({"model": "fc", "prior": "vamp"}, "ConvVAE option"),
+     ({"latent_dims": [8]}, "latent_dims must be two or more"), ({"latent_dims": [8, 0]}, "latent_dims must be two"),
+     ({"free_bits": -1}, "free_bits must be"), ({"prior_components": 0}, "prior_components must be a positive int")],
+)  # fmt: skip
+def test_bad_new_config_values(values, match):
     with pytest.raises(ValueError, match=match):
         train.TrainConfig.from_dict(values)
 
@@ -345,3 +390,15 @@ def test_precision_may_not_change_on_resume(tmp_path):
     train.Trainer(tiny_config(tmp_path, epochs=1)).fit()
     with pytest.raises(train.CheckpointError, match="different config.*precision"):
         train.Trainer(tiny_config(tmp_path, epochs=2, precision="bf16"), resume=tmp_path / "run" / "last.pt")
+
+def test_cli_flags_for_the_new_models(tmp_path):
+    help_text = _cli("--help").stdout
+    for flag in ("--prior", "--prior-components", "--latent-dims", "--free-bits", "--init-from"):
+        assert flag in help_text
+    flags = ["--model", "hvae", "--latent-dims", "4", "2", "--channels", "4", "8", "--hidden-dim", "16", "--free-bits",
+             "0.5", "--train-subset", "256", "--val-subset", "100", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "h")]  # fmt: skip
+    result = _cli(*flags)
+    assert result.returncode == 0, result.stderr
+    assert "HierarchicalVAE" in result.stdout
+    stored = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert stored["latent_dims"] == [4, 2] and stored["free_bits"] == 0.5

@@ -12,7 +12,7 @@ browser) and checks what a reader meets:
 - at 1280 px, no code or output block wider than its column;
 - at 400 px (phone) and 800 px (tablet), the navigation drawer opens; at 1280 px, the ☰ button hides
   the navigation sidebar;
-- images carry real alt text; every internal link resolves (file and anchor);
+- exercise solutions are folded behind a toggle; images carry real alt text; every internal link resolves (file and anchor); a chapter offers its .ipynb;
 - over a local http server and over ``file://``, searching for "bits-back" finds pages.
 
 It prints a report per page, writes screenshots of each chapter at desktop and phone width to
@@ -300,6 +300,16 @@ def check_math(page, report: PageReport) -> None:
         report.fail("tex-error", "; ".join(m["errors"]))
 
 
+def check_solutions(page, report: PageReport) -> None:
+    """Exercise solutions start folded away, each behind its own toggle button."""
+    folded = page.evaluate(
+        """() => [...document.querySelectorAll('div.solution')].map(s =>
+              s.classList.contains('toggle-hidden') && !!s.querySelector('button.toggle-button'))"""
+    )
+    if not all(folded):
+        report.fail("solution-toggle", f"{folded.count(False)} of {len(folded)} solutions not behind a toggle")
+
+
 def check_overflow(page, report: PageReport) -> None:
     report.overflow = page.evaluate(OVERFLOW_JS)
     if report.overflow:
@@ -463,6 +473,8 @@ def check_page(context, site: Path, name: str, shots: Path | None) -> PageReport
             report.fail("redirect", f"redirects to {target}, which does not exist")
         return report
     check_duplicate_scripts(html, report)
+    if is_chapter(name) and not BeautifulSoup(html, "html.parser").select('a[href$=".ipynb"]'):
+        report.fail("download-ipynb", "the chapter's download menu does not offer its .ipynb")
     page = new_page(context, report)
     page.set_viewport_size(DESKTOP)
     page.goto(url)
@@ -471,6 +483,7 @@ def check_page(context, site: Path, name: str, shots: Path | None) -> PageReport
     check_math(page, report)
     check_overflow(page, report)
     check_images(page, report)
+    check_solutions(page, report)
     page.close()
     report.weight_bytes, report.weight_by_kind = page_weight(report.loaded)
     check_navigation(context, url, report)

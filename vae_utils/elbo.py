@@ -326,6 +326,51 @@ def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (math.log(2 * math.pi) + z.square()).sum(dim=-1)
 
 
+# -------------------------------------------------------------------------------- learned priors (Chapter 8)
+
+
+def gaussian_entropy(logvar: torch.Tensor) -> torch.Tensor:
+    """H[N(mu, diag(exp(logvar)))] in nats, ``(B,)``, for ``logvar: (B, D)``."""
+    _check_float_tensor("logvar", logvar, 2, "(B, D)")
+    return 0.5 * (math.log(2 * math.pi * math.e) + logvar).sum(dim=1)
+
+
+def mixture_log_density(
+    z: torch.Tensor, log_weights: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
+    """log sum_k w_k N(z; mu_k, diag(exp(logvar_k))) over the last dimension of ``z: (..., D)``.
+
+    ``log_weights: (K,)`` (they sum to one), ``mu, logvar: (K, D)``: a mixture of K diagonal Gaussians, as the
+    VampPrior and the mixture-of-Gaussians prior are. Returns ``(...)``.
+    """
+    for name, t, ndim in (("z", z, None), ("log_weights", log_weights, 1), ("mu", mu, 2), ("logvar", logvar, 2)):
+        _check_float_tensor(name, t, ndim, "(K,)" if ndim == 1 else "(K, D)")
+    if mu.shape != logvar.shape or mu.shape[:1] != log_weights.shape or mu.shape[1:] != z.shape[-1:]:
+        raise ValueError(
+            f"a mixture of K Gaussians in D dimensions needs log_weights (K,), mu and logvar (K, D) and z (..., D); "
+            f"got {tuple(log_weights.shape)}, {tuple(mu.shape)}, {tuple(logvar.shape)} and {tuple(z.shape)}"
+        )
+    return torch.logsumexp(log_weights + gaussian_log_density(z.unsqueeze(-2), mu, logvar), dim=-1)
+
+
+def prior_log_density(model, z: torch.Tensor, components: tuple | None = None) -> torch.Tensor:
+    """log p(z) under ``model``'s prior on its (top) latent: N(0, I), or the mixture of
+    ``model.prior_components()`` (pass ``components`` to reuse them across calls)."""
+    if getattr(model, "prior", "standard") == "standard":
+        return standard_normal_log_density(z)
+    return mixture_log_density(z, *(components or model.prior_components()))
+
+
+def latent_rate(
+    model, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """KL(q(z | x) || p(z)), ``(B,)``: analytic for the N(0, I) prior; for a learned
+    prior, the entropy of q analytic and log p(z) at the sample ``z`` (unbiased)."""
+    if getattr(model, "prior", "standard") == "standard":
+        return gaussian_kl(mu, logvar)
+    return -gaussian_entropy(logvar) - prior_log_density(model, z)
+
+
 # ------------------------------------------------------------------------------------------------ the bounds
 
 
@@ -335,28 +380,139 @@ def _check_model(model: object) -> None:
         raise TypeError(f"model must have encode, decode and likelihood; {type(model).__name__} lacks {missing}")
 
 
+def is_hierarchical(model) -> bool:
+    """Whether ``model`` has more than one layer of latents (``latent_dims``, bottom first)."""
+    return len(getattr(model, "latent_dims", ())) > 1
+
+
+def _check_objective(beta: object, free_bits: object, layers: int) -> tuple[list[float], float]:
+    betas = list(beta) if isinstance(beta, (list, tuple)) else [beta] * layers
+    if len(betas) != layers or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0
+                                   for b in betas):  # fmt: skip
+        raise ValueError(
+            f"beta must be a non-negative number, or one per latent layer ({layers}, bottom first), got {beta!r}"
+        )
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not 0 <= free_bits < math.inf:
+        raise ValueError(f"free_bits must be a finite non-negative number of nats, got {free_bits!r}")
+    return betas, float(free_bits)
+
+
+def _objective(
+    distortion: torch.Tensor, layer_rates: torch.Tensor, betas: list[float], free_bits: float
+) -> dict[str, torch.Tensor]:
+    """The ELBO's entries from the distortion ``(B,)`` and the rates of the layers ``(B, L)``; the loss weighs
+    layer l by ``betas[l]``, and with ``free_bits`` > 0 a layer whose batch-mean rate is below ``free_bits``
+    nats costs a constant ``free_bits`` instead (no gradient pulls it further towards its prior)."""
+    rate, charged = layer_rates.sum(dim=1), layer_rates
+    if free_bits > 0:
+        used = layer_rates.mean(dim=0, keepdim=True).detach() >= free_bits  # (1, L); no host sync
+        charged = torch.where(used, layer_rates, torch.full_like(layer_rates, free_bits))
+    weights = torch.tensor(betas, dtype=layer_rates.dtype, device=layer_rates.device)
+    return {
+        "elbo": -(distortion + rate),
+        "distortion": distortion,
+        "rate": rate,
+        "layer_rates": layer_rates,
+        "loss": distortion + (weights * charged).sum(dim=1),
+    }
+
+
 def elbo(
-    model, x: torch.Tensor, beta: float = 1.0, generator: torch.Generator | None = None
+    model,
+    x: torch.Tensor,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+    free_bits: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The ELBO with one z ~ q(z | x) per example; every entry ``(B,)`` in nats.
 
-    ``distortion`` = -log p(x | z), ``rate`` = KL(q(z | x) || p(z)) (analytic),
-    ``elbo`` = -(distortion + rate) and ``loss`` = distortion + beta * rate, the
-    beta-VAE objective to minimise (beta = 1: the negative ELBO).
+    ``distortion`` = -log p(x | z), ``rate`` = KL(q(z | x) || p(z)) (analytic for
+    the N(0, I) prior, :func:`latent_rate` for a learned one), ``elbo`` =
+    -(distortion + rate) and ``loss`` = distortion + beta * rate, the beta-VAE
+    objective to minimise (beta = 1: the negative ELBO). A model with several latent
+    layers goes to :func:`hierarchical_elbo` (``free_bits`` is explained there).
     """
     _check_model(model)
+    if is_hierarchical(model):
+        return hierarchical_elbo(model, x, beta, generator, free_bits)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
         raise ValueError(f"beta must be a non-negative number, got {beta!r}")
     mu, logvar = model.encode(x)
     z = reparameterize(mu, logvar, generator)
     distortion = -log_likelihood(model.likelihood, model.decode(z), x)
-    rate = gaussian_kl(mu, logvar)
+    rate = latent_rate(model, mu, logvar, z)
+    if free_bits:
+        betas, free_bits = _check_objective(beta, free_bits, 1)
+        return _objective(distortion, rate.unsqueeze(1), betas, free_bits)
     return {
         "elbo": -(distortion + rate),
         "distortion": distortion,
         "rate": rate,
         "loss": distortion + beta * rate,
     }
+
+
+def hierarchical_latents(
+    model, x: torch.Tensor, noise: list[torch.Tensor] | None = None, generator: torch.Generator | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """One draw of the bottom-up chain z_1 ~ q(z_1 | x), z_2 ~ q(z_2 | z_1), ...: lists (bottom first) of the
+    latents ``(B, D_l)`` and of the posterior parameters ``mu, logvar`` each was drawn from.
+
+    ``noise``: the standard-normal draws to use, one ``(B, D_l)`` per layer (else drawn from ``generator``).
+    """
+    zs, mus, logvars = [], [], []
+    given = x
+    for level in range(len(model.latent_dims)):
+        mu, logvar = model.posterior(level, given)
+        eps = noise[level] if noise is not None else torch.randn(
+            mu.shape, generator=generator, dtype=mu.dtype, device=mu.device
+        )
+        given = mu + torch.exp(0.5 * logvar) * eps
+        zs.append(given), mus.append(mu), logvars.append(logvar)
+    return zs, mus, logvars
+
+
+def hierarchical_layer_rates(
+    model, zs: list[torch.Tensor], mus: list[torch.Tensor], logvars: list[torch.Tensor]
+) -> torch.Tensor:
+    """The rate of each latent layer, ``(B, L)`` nats, bottom first, at one drawn chain.
+
+    For l < L: -H[q(z_l | .)] - log p(z_l | z_{l+1}), the entropy analytic; for the
+    top: KL(q(z_L | z_{L-1}) || N(0, I)), analytic. They add up to the chain's KL, in
+    expectation.
+    """
+    rates = []
+    for level in range(len(zs) - 1):
+        prior_mu, prior_logvar = model.conditional_prior(level, zs[level + 1])
+        log_p = gaussian_log_density(zs[level], prior_mu, prior_logvar)
+        rates.append(-gaussian_entropy(logvars[level]) - log_p)
+    rates.append(gaussian_kl(mus[-1], logvars[-1]))
+    return torch.stack(rates, dim=1)
+
+
+def hierarchical_elbo(
+    model,
+    x: torch.Tensor,
+    beta: float | list[float] = 1.0,
+    generator: torch.Generator | None = None,
+    free_bits: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """The ELBO of a model with latent layers z_1 (bottom) ... z_L (top) in Bit-Swap's
+    Markov chains, q(z_1 | x) q(z_2 | z_1) ... and p(z_L) ... p(z_1 | z_2) p(x | z_1),
+    with one draw of the chain per image.
+
+    The entries of :func:`elbo`, plus ``layer_rates: (B, L)``, bottom first
+    (:func:`hierarchical_layer_rates`). ``beta``: one weight for all layers, or one per
+    layer (a per-layer KL warm-up). ``free_bits`` (nats per layer; Kingma et al. 2016):
+    a layer whose batch-mean rate is below it costs that constant in the loss, so
+    nothing pushes it the rest of the way to its prior (posterior collapse).
+    """
+    _check_model(model)
+    betas, free_bits = _check_objective(beta, free_bits, len(model.latent_dims))
+    zs, mus, logvars = hierarchical_latents(model, x, generator=generator)
+    distortion = -log_likelihood(model.likelihood, model.decode(zs[0]), x)
+    layer_rates = hierarchical_layer_rates(model, zs, mus, logvars)
+    return _objective(distortion, layer_rates, betas, free_bits)
 
 
 def iwae_bound(
@@ -373,22 +529,48 @@ def iwae_bound(
     noise draws are made up front (k * B * D numbers) and decoded ``chunk_size``
     samples at a time, so the result does not depend on ``chunk_size`` and memory
     stays at ``chunk_size * B`` decoder outputs. Wrap it in ``torch.no_grad()`` for
-    evaluation.
+    evaluation. A hierarchical model's z is its whole chain of latents.
     """
     _check_model(model)
     k = _check_positive_int("k", k)
     chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if is_hierarchical(model):
+        return _hierarchical_iwae(model, x, k, generator, chunk_size)
     mu, logvar = model.encode(x)
     shape = (k, *mu.shape)
     eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    learned = getattr(model, "prior", "standard") != "standard"
+    prior = model.prior_components() if learned else None  # K components, computed once
     log_weights = []
     for eps_chunk in eps.split(chunk_size):
         z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, B, D)
         c = len(z)
         params = model.decode(z.flatten(0, 1))
         log_px_z = log_likelihood(model.likelihood, params, x.repeat(c, 1, 1, 1))
-        log_pz_qz = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+        log_pz = prior_log_density(model, z, prior)
+        log_pz_qz = log_pz - gaussian_log_density(z, mu, logvar)
         log_weights.append(log_px_z.view(c, -1) + log_pz_qz)
+    return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+
+
+def _hierarchical_iwae(model, x: torch.Tensor, k: int, generator, chunk_size: int) -> torch.Tensor:
+    """:func:`iwae_bound` for a hierarchical model: the noise of every layer drawn up front, layer by layer."""
+    b = len(x)
+    p = next(model.parameters())
+    noise = [torch.randn((k, b, d), generator=generator, dtype=p.dtype, device=p.device) for d in model.latent_dims]
+    log_weights = []
+    for start in range(0, k, chunk_size):
+        chunk = [eps[start : start + chunk_size].flatten(0, 1) for eps in noise]
+        c = len(chunk[0]) // b
+        xs = x.repeat(c, 1, 1, 1)
+        zs, mus, logvars = hierarchical_latents(model, xs, noise=chunk)
+        log_w = log_likelihood(model.likelihood, model.decode(zs[0]), xs)
+        log_w = log_w + standard_normal_log_density(zs[-1])
+        for level, (z, mu, logvar) in enumerate(zip(zs, mus, logvars)):
+            log_w = log_w - gaussian_log_density(z, mu, logvar)
+            if level + 1 < len(zs):
+                log_w = log_w + gaussian_log_density(z, *model.conditional_prior(level, zs[level + 1]))
+        log_weights.append(log_w.view(c, b))
     return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae_utils import data
-from vae_utils.elbo import elbo, iwae_bound, nats_to_bits_per_dim
+from vae_utils.elbo import elbo, is_hierarchical, iwae_bound, nats_to_bits_per_dim
 from vae_utils.model import VAE, CheckpointError, load_checkpoint
 
 CHECK_SUBSET = {"n_images": 200, "k": 100}
@@ -36,15 +36,23 @@ def _batches(x: torch.Tensor, batch_size: int, progress: bool, desc: str):
 @torch.no_grad()
 def per_image_nelbo(model: VAE, x: torch.Tensor, batch_size: int = 500, seed: int = 0,
                     progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
-    """-ELBO, rate and distortion of every image, ``(N,)`` float64 nats, with one seeded z each (repeatable)."""
+    """-ELBO, rate and distortion of every image, ``(N,)`` float64 nats, with one seeded z each (repeatable).
+
+    A hierarchical model adds ``layer_rates: (N, L)``, the rate of each latent layer, bottom first.
+    """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    parts = []
+    parts, layers = [], []
     for batch in _batches(x, batch_size, progress, "-ELBO"):
         out = elbo(model, batch, generator=generator)
         parts.append(torch.stack([-out["elbo"], out["rate"], out["distortion"]]).double().cpu())
+        if "layer_rates" in out:
+            layers.append(out["layer_rates"].double().cpu())
     nelbo, rate, distortion = torch.cat(parts, dim=1)
-    return {"nelbo": nelbo, "rate": rate, "distortion": distortion}
+    result = {"nelbo": nelbo, "rate": rate, "distortion": distortion}
+    if layers:
+        result["layer_rates"] = torch.cat(layers)
+    return result
 
 
 SAMPLES_PER_CALL = 2**14
@@ -72,16 +80,29 @@ def per_image_iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, batch_size: i
 
 
 @torch.no_grad()
-def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500) -> torch.Tensor:
+def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500,
+                 level: int = 0) -> torch.Tensor:  # fmt: skip
     """Which latent dimensions are *active*: Cov_x(E_q[z_u | x]) > ``threshold`` (Burda et al., 2016).
 
     A dimension whose posterior mean does not vary with the image carries no information about it: the
     posterior has collapsed onto the prior there. Returns the per-dimension variances ``(latent_dim,)``;
-    ``(variances > threshold).sum()`` counts the active units.
+    ``(variances > threshold).sum()`` counts the active units. For a hierarchical model, ``level`` picks the
+    layer (0: z_1); the means of an upper layer are taken along the chain of means, E_q[z_2 | z_1 = E_q[z_1 | x]].
     """
     model.eval()
-    means = torch.cat([model.encode(batch)[0] for batch in x.split(batch_size)])
-    return means.double().var(dim=0).cpu()
+    means = []
+    for batch in x.split(batch_size):
+        mu = model.encode(batch)[0]
+        for above in range(1, level + 1):
+            mu = model.posterior(above, mu)[0]
+        means.append(mu)
+    return torch.cat(means).double().var(dim=0).cpu()
+
+
+def active_units_per_layer(model: VAE, x: torch.Tensor, threshold: float = 0.01) -> list[int]:
+    """The number of active units (:func:`active_units`) in each latent layer, bottom first."""
+    layers = len(model.latent_dims) if is_hierarchical(model) else 1
+    return [int((active_units(model, x, level=level) > threshold).sum()) for level in range(layers)]
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -220,6 +241,9 @@ def evaluate(
         "rate_nats": nelbo["rate"].mean().item(),
         "distortion_nats": nelbo["distortion"].mean().item(),
     }
+    if "layer_rates" in nelbo:
+        result["layer_rates_nats"] = nelbo["layer_rates"].mean(dim=0).tolist()
+    result["active_units"] = active_units_per_layer(model, x)
     if k:
         n = min(iwae_images, len(x)) or len(x)  # the images the IWAE actually covers
         nll = per_image_iwae_nll(model, x[:n], k=k, seed=seed, progress=progress)

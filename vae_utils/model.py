@@ -14,6 +14,7 @@ image at a time, with the same result as in any batch.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import re
@@ -25,13 +26,22 @@ import torch
 from torch import nn
 
 from vae_utils import __version__
-from vae_utils.elbo import LIKELIHOODS, _check_positive_int, likelihood_mean, likelihood_sample, reparameterize
-from vae_utils.elbo import checking_values
+from vae_utils.elbo import (
+    LIKELIHOODS,
+    _check_positive_int,
+    checking_values,
+    likelihood_mean,
+    likelihood_sample,
+    reparameterize,
+)
 
 IMAGE_SHAPE = (1, 28, 28)
 CHECKPOINT_FORMAT = "vae_utils.checkpoint"
 CHECKPOINT_VERSION = 1
 DENSE_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU}  # ConvVAE's choices after its hidden dense layers
+PRIORS = ("standard", "vamp", "mog")
+"""p(z): N(0, I); the VampPrior (a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018);
+a mixture of Gaussians with learned weights, means and variances (Chapter 8)."""
 
 
 class CheckpointError(ValueError):
@@ -98,15 +108,67 @@ class VAE(nn.Module):
         z = reparameterize(mu, logvar, generator)
         return {"mu": mu, "logvar": logvar, "z": z, "params": self.decode(z)}
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
-        """``n`` new images ``(n, 1, 28, 28)`` in [0, 1]: z ~ N(0, I), then x ~ p(x | z) (or its mean)."""
+    prior = "standard"  # a ConvVAE may learn its prior (Chapter 8)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws ``(n, latent_dim)`` of z ~ p(z), the prior."""
         p = next(self.parameters())
         shape = (_check_positive_int("n", n), self.latent_dim)
-        params = self.decode(torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device))
+        eps = torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
+        if self.prior == "standard":
+            return eps
+        log_weights, mu, logvar = self.prior_components()
+        k = torch.multinomial(log_weights.exp(), n, replacement=True, generator=generator)
+        return mu[k] + torch.exp(0.5 * logvar[k]) * eps
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        """``n`` new images ``(n, 1, 28, 28)`` in [0, 1]: z ~ p(z), then x ~ p(x | z) (or its mean)."""
+        params = self.decode(self.sample_latent(n, generator))
         if mean:
             return likelihood_mean(self.likelihood, params)
         return likelihood_sample(self.likelihood, params, generator)
+
+    def _init_prior(self, prior: str, components: int) -> None:
+        """Parameters of a learned prior (none for N(0, I)); :meth:`prior_components` reads them."""
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        self.prior = prior
+        self.prior_size = _check_positive_int("prior_components", components)
+        if prior == "vamp":  # K pseudo-inputs, stored as logits of images in [0, 1]
+            self.pseudo_inputs = nn.Parameter(0.1 * torch.randn(components, *IMAGE_SHAPE))
+        elif prior == "mog":
+            self.prior_logits = nn.Parameter(torch.zeros(components))
+            self.prior_means = nn.Parameter(torch.randn(components, self.latent_dim))
+            self.prior_logvars = nn.Parameter(torch.zeros(components, self.latent_dim))
+
+    @torch.no_grad()
+    def init_pseudo_inputs(self, images: torch.Tensor) -> None:
+        """Start the VampPrior's K pseudo-inputs at K images ``(K, 1, 28, 28)`` in [0, 1], e.g. training
+        images (Tomczak & Welling's initialisation from data); the prior then starts near the aggregate
+        posterior instead of at K copies of one grey image."""
+        if self.prior != "vamp":
+            raise ValueError(f"only a VampPrior has pseudo-inputs; this model's prior is {self.prior!r}")
+        images = self._check_x(images)
+        if len(images) != len(self.pseudo_inputs):
+            raise ValueError(f"expected {len(self.pseudo_inputs)} images, one per pseudo-input, got {len(images)}")
+        self.pseudo_inputs.copy_(torch.logit(0.01 + 0.98 * images))
+
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The learned prior as a mixture of K diagonal Gaussians: log weights ``(K,)``,
+        means and log-variances ``(K, latent_dim)``. A VampPrior's components are the
+        encoder's posteriors of its K pseudo-inputs, with equal weights: a learned
+        stand-in for the aggregate posterior (Tomczak & Welling 2018)."""
+        if self.prior == "vamp":
+            pseudo_images = torch.sigmoid(self.pseudo_inputs)  # (K, 1, 28, 28)
+            mu, logvar = self.encoder(pseudo_images).chunk(2, dim=1)
+            k = len(mu)
+            log_weights = torch.full((k,), -math.log(k), dtype=mu.dtype, device=mu.device)
+            return log_weights, mu, logvar
+        if self.prior == "mog":
+            log_weights = torch.log_softmax(self.prior_logits, dim=0)
+            return log_weights, self.prior_means, self.prior_logvars
+        raise ValueError("this model's prior is N(0, I), which has no mixture components")
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +199,8 @@ class ConvVAE(VAE):
         n_components: int = 5,
         dense_activation: str = "elu",
         encoder_dense_layers: int = 1,
+        prior: str = "standard",
+        prior_components: int = 500,
     ) -> None:
         super().__init__(latent_dim, likelihood, n_components)
         if dense_activation not in DENSE_ACTIVATIONS:
@@ -190,10 +254,11 @@ class ConvVAE(VAE):
             deconv(c2, c1), nn.ReLU(),  # 7 -> 14
             *head,
         )
+        self._init_prior(prior, prior_components)
 
     @property
     def config(self) -> dict:
-        return {
+        config = {
             "latent_dim": self.latent_dim,
             "channels": self.channels,
             "hidden_dim": self.hidden_dim,
@@ -202,6 +267,105 @@ class ConvVAE(VAE):
             "dense_activation": self.dense_activation,
             "encoder_dense_layers": self.encoder_dense_layers,
         }
+        if self.prior != "standard":  # N(0, I) models keep the config (and codec model id) they always had
+            config |= {"prior": self.prior, "prior_components": self.prior_size}
+        return config
+
+
+class HierarchicalVAE(ConvVAE):
+    """Latent layers z_1 (bottom) ... z_L (top) in Bit-Swap's two Markov chains (Kingma et al. 2019).
+
+    Generative, top down: z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}) (a Gaussian whose mean and log-variance an MLP
+    computes from z_{l+1}), x ~ p(x | z_1) with the ConvVAE's decoder. Inference, bottom up: q(z_1 | x) with the
+    ConvVAE's encoder, then q(z_{l+1} | z_l) by MLPs. So z_1 gets a learned prior p(z_1) = E_{p(z_2)}[p(z_1 |
+    z_2)] instead of N(0, I). Each step sees only the layer next to it: that is what lets bits-back code the
+    layers in Bit-Swap's interleaved order (Chapter 8). Skip connections (p(x | z_1, z_2), or q(z_2 | x)) would
+    fit the data more easily but break that order, so there are none. Each p(z_l | z_{l+1}) starts as N(0, I),
+    so a HierarchicalVAE warm-started from a ConvVAE (``--init-from``) starts at that ConvVAE's ELBO.
+    """
+
+    def __init__(
+        self,
+        latent_dims: Sequence[int] = (32, 16),
+        channels: Sequence[int] = (32, 64),
+        hidden_dim: int = 256,
+        likelihood: str = "bernoulli",
+        n_components: int = 5,
+        dense_activation: str = "elu",
+        encoder_dense_layers: int = 1,
+    ) -> None:
+        if (
+            isinstance(latent_dims, (str, bytes))
+            or not isinstance(latent_dims, Sequence)
+            or len(latent_dims) < 2
+        ):
+            raise ValueError(
+                "latent_dims must be two or more ints (the sizes of z_1, z_2, ..., bottom "
+                f"first), got {latent_dims!r}"
+            )
+        dims = tuple(
+            _check_positive_int(f"latent_dims[{i}]", d) for i, d in enumerate(latent_dims)
+        )
+        super().__init__(
+            dims[0], channels, hidden_dim, likelihood, n_components,
+            dense_activation, encoder_dense_layers,
+        )
+        self.latent_dims = dims
+        act = DENSE_ACTIVATIONS[dense_activation]
+
+        def mlp(d_in: int, d_out: int) -> nn.Sequential:  # -> mean and log-variance
+            return nn.Sequential(
+                nn.Linear(d_in, hidden_dim), act(),
+                nn.Linear(hidden_dim, hidden_dim), act(),
+                nn.Linear(hidden_dim, 2 * d_out),
+            )
+
+        pairs = list(zip(dims, dims[1:]))  # (z_l, z_{l+1}) for l = 1 .. L-1
+        self.up = nn.ModuleList(mlp(a, b) for a, b in pairs)  # q(z_{l+1} | z_l)
+        self.down = nn.ModuleList(mlp(b, a) for a, b in pairs)  # p(z_l | z_{l+1})
+        for net in self.down:  # p(z_l | z_{l+1}) starts as N(0, I): the ConvVAE's prior
+            nn.init.zeros_(net[-1].weight), nn.init.zeros_(net[-1].bias)
+
+    @property
+    def config(self) -> dict:
+        config = super().config
+        del config["latent_dim"]
+        return {"latent_dims": self.latent_dims, **config}
+
+    def _check_level(self, level: object, top_allowed: bool) -> int:
+        top = len(self.latent_dims) - (0 if top_allowed else 1)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < top:
+            raise ValueError(f"level must be an int in 0..{top - 1}, got {level!r}")
+        return level
+
+    def _check_latent(self, level: int, z: object) -> torch.Tensor:
+        dtype, d = next(self.parameters()).dtype, self.latent_dims[level]
+        if not isinstance(z, torch.Tensor) or z.dtype != dtype or z.ndim != 2 or z.shape[1] != d:
+            seen = f"{z.dtype} {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z_{level + 1} must be a {dtype} tensor of shape (B, {d}), got {seen}")
+        return z
+
+    def posterior(self, level: int, given: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_{level+1} | given) as ``(mu, logvar)``: given = x for level 0 (:meth:`encode`), else z_level."""
+        if self._check_level(level, top_allowed=True) == 0:
+            return self.encode(given)
+        return self.up[level - 1](self._check_latent(level - 1, given)).chunk(2, dim=1)
+
+    def conditional_prior(self, level: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z_{level+1} | z_{level+2}) as ``(mu, logvar)``; level 0 is the bottom layer's prior."""
+        level = self._check_level(level, top_allowed=False)
+        return self.down[level](self._check_latent(level + 1, z_above)).chunk(2, dim=1)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws ``(n, latent_dims[0])`` of z_1 from the generative chain, top down."""
+        p = next(self.parameters())
+        n = _check_positive_int("n", n)
+        z = torch.randn((n, self.latent_dims[-1]), generator=generator, dtype=p.dtype, device=p.device)
+        for level in reversed(range(len(self.latent_dims) - 1)):
+            mu, logvar = self.conditional_prior(level, z)
+            eps = torch.randn(mu.shape, generator=generator, dtype=p.dtype, device=p.device)
+            z = mu + torch.exp(0.5 * logvar) * eps
+        return z
 
 
 class FCVAE(VAE):
@@ -307,7 +471,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
     """The model stored in a checkpoint (in eval mode, on ``device``) and the checkpoint dict itself."""
     checkpoint = read_checkpoint(path)
-    classes = {cls.__name__: cls for cls in (ConvVAE, FCVAE)}
+    classes = {cls.__name__: cls for cls in (ConvVAE, FCVAE, HierarchicalVAE)}
     if checkpoint.get("model_class") not in classes:
         raise CheckpointError(f"{path}: unknown model class {checkpoint.get('model_class')!r}; expected {list(classes)}")
     try:

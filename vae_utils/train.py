@@ -44,15 +44,17 @@ from vae_utils.evaluate import per_image_nelbo
 from vae_utils.model import (
     DENSE_ACTIVATIONS,
     FCVAE,
+    PRIORS,
     CheckpointError,
     ConvVAE,
+    HierarchicalVAE,
     load_checkpoint,
     make_checkpoint,
     read_checkpoint,
     save_atomic,
 )  # fmt: skip
 
-MODELS = {"conv": ConvVAE, "fc": FCVAE}
+MODELS = {"conv": ConvVAE, "fc": FCVAE, "hvae": HierarchicalVAE}
 COMPILE_MODES = ("off", "on", "graphs")
 PRECISIONS = ("fp32", "bf16")
 
@@ -66,13 +68,18 @@ class TrainConfig:
     """Everything that defines a training run. Defaults: the book's conv VAE on binarized MNIST."""
 
     data: str = "binarized"  # "binarized" (dynamic binarization in training) or "8bit"
-    model: str = "conv"  # "conv" or "fc"
+    model: str = "conv"  # "conv", "fc" or "hvae" (the hierarchical VAE of Chapter 8)
     latent_dim: int = 32
     channels: tuple[int, int] = (32, 64)  # conv only
     hidden_dim: int = 256
     dense_activation: str = "elu"  # conv only: "elu" or "relu" after the hidden dense layers
     encoder_dense_layers: int = 1  # conv only: hidden dense layers in the encoder (the decoder has one)
     n_components: int = 5  # 8-bit only: logistic mixture components
+    prior: str = "standard"  # conv only: "standard" N(0, I), "vamp" (VampPrior) or "mog" (mixture of Gaussians)
+    prior_components: int = 500  # vamp/mog only: pseudo-inputs or mixture components
+    latent_dims: tuple[int, ...] = (32, 16)  # hvae only: sizes of z_1 ... z_L, bottom first (latent_dim unused)
+    free_bits: float = 0.0  # nats per latent layer below which the KL is not pushed down (0: the plain ELBO)
+    init_from: str = ""  # a checkpoint whose weights start this run where the models share them ("": random)
     epochs: int = 100
     batch_size: int = 64
     lr: float = 2e-3
@@ -98,7 +105,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {"data": data.KINDS, "model": tuple(MODELS), "lr_schedule": ("cosine", "constant"),
                    "dense_activation": tuple(DENSE_ACTIVATIONS), "compile": COMPILE_MODES,
-                   "precision": PRECISIONS}  # fmt: skip
+                   "precision": PRECISIONS, "prior": PRIORS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -110,17 +117,23 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "n_components", "encoder_dense_layers",
-                     "nan_check_every"):  # fmt: skip
+                     "nan_check_every", "prior_components"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("lr", "beta", "kl_warmup_epochs", "grad_clip", "lr_warmup_epochs"):
+        for name in ("lr", "beta", "kl_warmup_epochs", "grad_clip", "lr_warmup_epochs", "free_bits"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
         if self.lr == 0:
             raise ValueError("lr must be positive")
         self.channels = tuple(self.channels)
+        self.latent_dims = tuple(self.latent_dims)
+        if len(self.latent_dims) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                            for d in self.latent_dims):  # fmt: skip
+            raise ValueError(f"latent_dims must be two or more positive ints, bottom first, got {self.latent_dims!r}")
+        if self.prior != "standard" and self.model != "conv":
+            raise ValueError(f"prior {self.prior!r} is a ConvVAE option; use --model conv (got {self.model!r})")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -133,9 +146,14 @@ class TrainConfig:
         likelihood = "bernoulli" if self.data == "binarized" else "logistic_mixture"
         kwargs = {"latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim, "likelihood": likelihood,
                   "n_components": self.n_components}  # fmt: skip
-        if self.model == "conv":
+        if self.model in ("conv", "hvae"):
             kwargs |= {"channels": self.channels, "dense_activation": self.dense_activation,
                        "encoder_dense_layers": self.encoder_dense_layers}
+        if self.model == "conv" and self.prior != "standard":
+            kwargs |= {"prior": self.prior, "prior_components": self.prior_components}
+        if self.model == "hvae":
+            del kwargs["latent_dim"]
+            kwargs["latent_dims"] = self.latent_dims
         return kwargs
 
 
@@ -207,11 +225,14 @@ class BatchObjective(nn.Module):
 
     ``bf16=True`` runs the model's networks (its direct submodules) under autocast in bfloat16
     and hands their outputs back in float32: the likelihood, the KL and the sums stay float32.
+    ``free_bits`` is passed on to the ELBO (:func:`~vae_utils.elbo.hierarchical_elbo` explains it).
     """
 
-    def __init__(self, model: nn.Module, generator: torch.Generator | None, bf16: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, generator: torch.Generator | None, bf16: bool = False, free_bits: float = 0.0
+    ) -> None:
         super().__init__()
-        self.model, self.generator, self.bf16 = model, generator, bf16
+        self.model, self.generator, self.bf16, self.free_bits = model, generator, bf16, free_bits
         if bf16:
             for network in model.children():
                 network.register_forward_hook(_to_float32)
@@ -219,7 +240,7 @@ class BatchObjective(nn.Module):
     def forward(self, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         autocast = torch.autocast(x.device.type, torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with autocast:
-            out = elbo(self.model, x, beta=beta, generator=self.generator)
+            out = elbo(self.model, x, beta=beta, generator=self.generator, free_bits=self.free_bits)
         with torch.no_grad():
             sums = torch.stack([-out["elbo"].sum(), out["rate"].sum(), out["distortion"].sum()])
         return out["loss"].mean(), sums
@@ -329,6 +350,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         splits = data.mnist_splits(seed=config.split_seed)
         train_images = splits["train"].images[: config.train_subset or None]
+        self._init_weights(train_images)
         # binarized: grey levels go in, every batch is binarized afresh (dynamic binarization)
         self.batches = data.DeviceBatches(
             data.to_tensor(train_images), config.batch_size, seed=config.seed, device=self.device,
@@ -399,13 +421,34 @@ class Trainer:
         several processes, compiled if asked (``mode="reduce-overhead"`` for CUDA graphs)."""
         config = self.config
         generator = None if config.compile == "graphs" else self.noise  # graphs: the default generator
-        objective = BatchObjective(self.model, generator, bf16=config.precision == "bf16")
+        objective = BatchObjective(self.model, generator, bf16=config.precision == "bf16", free_bits=config.free_bits)
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             objective = nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
         if config.compile != "off":
             objective = torch.compile(objective, mode="reduce-overhead" if config.compile == "graphs" else None)
         return objective
+
+    def _init_weights(self, train_images) -> None:
+        """A warm start (Chapter 8): every weight of the ``config.init_from`` model, which this model must extend
+        (a ConvVAE's encoder and decoder in a VampPrior ConvVAE or a HierarchicalVAE of the same sizes); the
+        rest keeps its initialisation, and a VampPrior's pseudo-inputs start at random training images. A
+        resumed run then loads its own weights over all of these."""
+        if self.config.init_from:
+            source = load_checkpoint(self.config.init_from)[0].state_dict()
+            own = self.model.state_dict()
+            misfits = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
+            if misfits:
+                raise CheckpointError(
+                    f"{self.config.init_from} does not fit into a {type(self.model).__name__} of this config (e.g. "
+                    f"{misfits[0]}); --init-from needs a model this one extends, with the same encoder and decoder"
+                )
+            self.model.load_state_dict(source, strict=False)
+        if getattr(self.model, "prior", "standard") == "vamp":
+            generator = torch.Generator().manual_seed(self.config.seed)
+            pick = torch.randint(len(train_images), (self.config.prior_components,), generator=generator)
+            images = data.to_tensor(train_images[pick.numpy()])
+            self.model.init_pseudo_inputs(images.to(self.device))
 
     def _ramp(self, step: int, epochs: float) -> float:
         """A linear warm-up from 0 to 1 over ``epochs`` epochs (1 throughout if
@@ -654,13 +697,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="a JSON file of settings (as written to config.json); flags override it")
     p.add_argument("--resume", type=Path, help="continue a run from its last.pt, exactly as if never stopped")
+    p.add_argument("--stop-after", type=int, help="stop once this epoch is done, as if interrupted there: the schedule stays that of --epochs, and --resume continues it (default: run to --epochs)")
     p.add_argument("--data", choices=data.KINDS, help=f"binarized: Bernoulli likelihood, dynamic binarization in training; 8bit: discretized logistic mixture (default {defaults.data})")
-    p.add_argument("--model", choices=tuple(MODELS), help=f"conv: ConvVAE; fc: the fully connected FCVAE (the classic 784-400-20 with --hidden-dim 400 --latent-dim 20) (default {defaults.model})")
+    p.add_argument("--model", choices=tuple(MODELS), help=f"conv: ConvVAE; fc: the fully connected FCVAE (the classic 784-400-20 with --hidden-dim 400 --latent-dim 20); hvae: the hierarchical VAE (--latent-dims) (default {defaults.model})")
     p.add_argument("--latent-dim", type=int, help=f"number of latent dimensions (default {defaults.latent_dim})")
     p.add_argument("--channels", type=int, nargs=2, help=f"conv channels after each stride-2 conv (default {defaults.channels})")
     p.add_argument("--hidden-dim", type=int, help=f"width of the dense hidden layer (default {defaults.hidden_dim})")
     p.add_argument("--dense-activation", choices=tuple(DENSE_ACTIVATIONS), help=f"conv only: activation after the hidden dense layers (default {defaults.dense_activation})")
     p.add_argument("--encoder-dense-layers", type=int, help=f"conv only: hidden dense layers in the encoder (default {defaults.encoder_dense_layers})")
+    p.add_argument("--prior", choices=PRIORS, help=f"conv only: the prior p(z): standard N(0, I), vamp (VampPrior), mog (mixture of Gaussians) (default {defaults.prior})")
+    p.add_argument("--prior-components", type=int, help=f"vamp/mog only: pseudo-inputs or mixture components (default {defaults.prior_components})")
+    p.add_argument("--latent-dims", type=int, nargs="+", help=f"hvae only: sizes of the latent layers z_1 ... z_L, bottom first (default {' '.join(map(str, defaults.latent_dims))})")
+    p.add_argument("--free-bits", type=float, help=f"nats per latent layer below which its KL is not pushed further down, against posterior collapse; 0 is the plain ELBO (default {defaults.free_bits})")
+    p.add_argument("--init-from", help="start from the weights of this checkpoint where the models share them, e.g. a ConvVAE's encoder and decoder in a VampPrior or hierarchical VAE (default: random)")
     p.add_argument("--n-components", type=int, help=f"8bit only: logistic mixture components (default {defaults.n_components})")
     p.add_argument("--epochs", type=int, help=f"total epochs, counting those already done when resuming (default {defaults.epochs})")
     p.add_argument("--batch-size", type=int, help=f"images per step (default {defaults.batch_size})")
@@ -695,7 +744,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise SystemExit(f"error: cannot read --config {args.config}: {error}") from None
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume", "dist_timeout")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("config", "resume", "dist_timeout", "stop_after")}
     values.update(overrides)
     if args.resume is not None and args.config is None:
         stored = read_checkpoint(args.resume)["train_config"] or {}  # the config only; Trainer loads the weights
@@ -729,17 +779,21 @@ def main(argv: list[str] | None = None) -> int:
         if several:
             init_processes(config.device, args.dist_timeout)
         trainer = Trainer(config, resume=args.resume)
+        if args.stop_after is not None and args.stop_after < 1:
+            raise ValueError(f"--stop-after must be a positive epoch number, got {args.stop_after}")
         if trainer.is_main:
             print(describe_run(trainer), flush=True)
             for note in trainer.notes:
                 print(f"note: {note}", flush=True)
-        history = trainer.fit()
+        history = trainer.fit(stop_after=args.stop_after)
     except (ValueError, OSError, CheckpointError, TrainingDivergedError) as error:
         print(f"error{where}: {error}", file=sys.stderr, flush=True)
         return 2
-    except dist.DistError as error:  # another process stopped, or the network failed: it says why
-        print(f"error{where}: waiting for the other processes failed ({str(error).splitlines()[0]}); another "
-              "process has probably stopped: its own error names the cause", file=sys.stderr, flush=True)  # fmt: skip
+    except RuntimeError as error:  # DistError is one: a collective failed, another process stopped
+        if not several:
+            raise
+        print(f"error{where}: {str(error).splitlines()[0][:300]}\nThis process stops too; if another process "
+              "stopped first, its own error above names the cause", file=sys.stderr, flush=True)  # fmt: skip
         return 2
     finally:
         if several and dist.is_initialized():

@@ -8,6 +8,9 @@
   page). Its handlers are disconnected, so no page carries thebe.
 - One copy of each script: the page's script list is de-duplicated (sphinx-togglebutton's selector
   script was emitted twice).
+- The single-page build (``--builder singlehtml``, printed to the whole-book PDF by tools/book_pdf.py):
+  Sphinx gives a builder that has handlers of its own (sphinx-exercise registers some for singlehtml) none
+  of the ``html`` ones, so sphinx-proof's nodes had no handler there; they are copied over.
 - The download menu: a chapter offers its ``.ipynb`` once (not twice, as notebook and as "source"), and
   the ".pdf" entry, which printed only the current page, is labelled for what it does: print this page.
 """
@@ -71,6 +74,14 @@ def disconnect_thebe(app, config) -> None:
     app.registry.css_files = [(f, a) for f, a in app.registry.css_files if f != "sphinx-thebe.css"]
 
 
+def share_html_handlers(app) -> None:
+    """Let the single-page HTML builder render every node the multi-page one can."""
+    handlers = app.registry.translation_handlers
+    if app.builder.name != "html" and app.builder.format == "html" and app.builder.name in handlers:
+        for node, visitors in handlers.get("html", {}).items():
+            handlers[app.builder.name].setdefault(node, visitors)
+
+
 def _script_key(js) -> tuple:
     attributes = {k: v for k, v in js.attributes.items() if k != "priority"}
     return (js.filename or "", tuple(sorted(attributes.items())))  # None and "" both mean inline
@@ -102,4 +113,5 @@ def setup(app):
     register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
     app.connect("config-inited", disconnect_thebe)
     app.connect("html-page-context", tidy_page, priority=900)
+    app.connect("builder-inited", share_html_handlers, priority=1)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

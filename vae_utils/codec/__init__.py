@@ -82,7 +82,7 @@ offset  bytes  field
 0       4      magic ``b"VAEC"``
 4       1      format version (2)
 5       1      mode: an index into :data:`MODES`, a table that grows (0 lossless-binary, 1 lossless-8bit,
-               2 lossy; a mode added later, e.g. a learned prior or a latent hierarchy, takes the next index)
+               2 lossy, 3 lossless-binary-deep, 4 lossless-8bit-deep; a later mode takes the next index)
 6       1      arithmetic: an index into :data:`ARITHMETICS` (0 float, 1 integer)
 7       1      zero
 8       16     model id (lossy integer files: of the decoder alone)
@@ -92,11 +92,17 @@ offset  bytes  field
 32      2      parameter block length L (u16, at most :data:`MAX_PARAMS_BYTES`)
 34      L      the mode's parameters. lossless: latent_bits (u8), lanes K (u8, 1 .. :data:`MAX_LANES`), 2 zero
                bytes, seed words (u32), then per lane: stripped seed words (u32), payload words (u32);
-               lossy: step (f64), symbol range R (u32). A new mode defines its own block.
+               lossy: step (f64), symbol range R (u32); -deep: latent_bits (u8), order (u8, an index
+               into :data:`DEEP_ORDERS`), latent layers (u8, 2 .. :data:`MAX_LAYERS`), a zero byte, seed
+               words (u32), stripped seed words (u32). A new mode defines its own block.
 34+L    4      payload length P in bytes (u32, a multiple of 4)
 38+L    P      payload: the lanes' ANS stacks one after the other, each as u32 words, bottom first
 38+L+P  4      CRC-32 (zlib) of everything before
 ======  =====  ===========================================================================================
+
+The ``-deep`` modes (Chapter 8) code a model with a learned prior or several latent layers on one stack, in
+float arithmetic, with :mod:`vae_utils.codec.hierarchy` in the Bit-Swap or the BB-ANS order; only the first
+image's pops of the bottom layer (Bit-Swap) or of every layer (BB-ANS) borrow initial bits.
 
 Lane ``j`` holds images ``j N / K`` to ``(j + 1) N / K - 1`` and starts from its own initial words (the header's
 fields with the lane index). An integer lossy file codes its symbols under the prior's bin masses from the
@@ -116,6 +122,7 @@ from vae_utils.codec.cli import CHECKPOINTS, DEFAULT_CHECKPOINTS, PROGRESS_THRES
 from vae_utils.codec.files import RD_STEPS, compress, decompress, rate_distortion
 from vae_utils.codec.format import (
     ARITHMETICS,
+    DEEP_ORDERS,
     DEFAULT_LATENT_BITS,
     DEFAULT_STEP,
     FORMAT_VERSION,
@@ -125,6 +132,7 @@ from vae_utils.codec.format import (
     MAGIC,
     MAX_IMAGES,
     MAX_LANES,
+    MAX_LAYERS,
     MAX_PARAMS_BYTES,
     MAX_SEED_WORDS,
     MODES,
@@ -142,6 +150,8 @@ from vae_utils.codec.lossy import lossy_reconstruct, lossy_symbols
 
 __all__ = [
     "ARITHMETICS",
+    "DEEP_ORDERS",
+    "MAX_LAYERS",
     "CHECKPOINTS",
     "DEFAULT_CHECKPOINTS",
     "DEFAULT_LATENT_BITS",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_utils.codec import hierarchy
 from vae_utils.codec.files import compress, decompress
-from vae_utils.codec.format import DEFAULT_LATENT_BITS, DEFAULT_STEP, model_id, read_header
+from vae_utils.codec.format import DEEP_ORDERS, DEFAULT_LATENT_BITS, DEFAULT_STEP, model_id, read_header
 from vae_utils.model import IMAGE_SHAPE, CheckpointError, load_checkpoint
 
 PROGRESS_THRESHOLD = 100
@@ -155,9 +156,15 @@ def _cmd_compress(args) -> int:
                          f"(the default for grey-level images is {_package().DEFAULT_CHECKPOINTS['8bit']})")  # fmt: skip
     progress = args.progress and len(images) > PROGRESS_THRESHOLD
     mode = "lossy" if args.lossy else "lossless"
-    result = compress(model, images, mode, latent_bits=args.latent_bits, step=args.step, progress=progress)
+    if args.order is not None and not (mode == "lossless" and hierarchy.is_deep(model)):
+        raise ValueError(f"--order applies to lossless coding with a model that has a learned prior or several "
+                         f"latent layers (checkpoints/conv_vamp_binarized, checkpoints/hvae_binarized); {path} "
+                         f"has one layer and an N(0, I) prior")  # fmt: skip
+    result = compress(model, images, mode, latent_bits=args.latent_bits, step=args.step, progress=progress,
+                      order=args.order)  # fmt: skip
     Path(args.output).write_bytes(result.data)
-    print(f"{result.header.mode}: {result.n_images} images -> {args.output} ({result.file_bytes:,} bytes, "
+    order = f", {result.header.order} order" if result.header.deep else ""
+    print(f"{result.header.mode}{order}: {result.n_images} images -> {args.output} ({result.file_bytes:,} bytes, "
           f"{result.bits_per_dim:.4f} bits/dim; {result.seconds:.1f} s)")  # fmt: skip
     return 0
 
@@ -218,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"lossless: 2**bits buckets per latent dimension (default {DEFAULT_LATENT_BITS})",
     )
     c.add_argument(
+        "--order",
+        choices=DEEP_ORDERS,
+        help="lossless, with a model that has a learned prior or several latent layers: the order of its layers' "
+        "pops and pushes; bitswap borrows the initial bits of the bottom layer only, bbans those of every layer "
+        "(default bitswap)",
+    )
+    c.add_argument(
         "--kind",
         choices=("auto", "binarized", "8bit"),
         default="auto",
@@ -227,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--checkpoint",
         help="the model (default: checkpoints/conv_binarized/best.pt for binary images, checkpoints/conv_8bit/best.pt "
-        "for grey-level ones)",
+        "for grey-level ones); any checkpoint of python -m vae_utils.train, e.g. checkpoints/hvae_binarized/best.pt "
+        "(a latent hierarchy) or checkpoints/conv_vamp_binarized/best.pt (a VampPrior)",
     )
     c.add_argument("--key", help="the array to take from an .npz holding several (e.g. x_test)")
     d = sub.add_parser("decompress", help="a .vae file -> PNG files 00000.png, 00001.png, ...")

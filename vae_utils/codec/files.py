@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vae_utils.codec import portable
+from vae_utils.codec import hierarchy, portable
 from vae_utils.codec.bitsback import _compress_lossless, _decode_lossless
 from vae_utils.codec.format import (
     DEFAULT_LATENT_BITS,
@@ -38,6 +38,7 @@ def compress(
     step: float = DEFAULT_STEP,
     progress: bool = False,
     lanes: int | str = "auto",
+    order: str | None = None,
 ) -> Compressed:
     """Compress ``images: (N, 28, 28) uint8`` (0/1 for a Bernoulli model, 0..255 for the logistic mixture).
 
@@ -49,6 +50,9 @@ def compress(
     of machine; an integer model (:func:`vae_utils.shrink.integer_model`) writes a version 2 file that decodes
     bit-exactly on any machine, its lossless images spread over ``lanes`` ANS stacks (``"auto"``: one per
     500 images, at most 16) so that its networks run on many images per call.
+
+    A model with a learned prior or several latent layers (Chapter 8) is coded losslessly in a ``-deep`` mode
+    (version 2), its layers in ``order``: ``"bitswap"`` (the default) or ``"bbans"``.
     """
     integer = _is_integer(model)
     model = _check_integer_model(model) if integer else _check_model(model)
@@ -57,6 +61,13 @@ def compress(
     images = _check_images(model, images)
     if not integer and lanes not in ("auto", 1):
         raise ValueError(f"lanes apply to integer models only (a float model codes one image at a time), got {lanes!r}")
+    deep = not integer and hierarchy.is_deep(model)
+    if order is not None and not (deep and mode == "lossless"):
+        raise ValueError(
+            f"order applies to lossless coding of a model with a learned prior or several latent layers; this is "
+            f"{mode} coding with a {type(model).__name__} with an N(0, I) prior and one layer, got order={order!r}"
+            if not deep else f"order applies to lossless coding, not {mode}, got order={order!r}"
+        )
     if mode == "lossy":
         step = _check_step(step)
         if integer:
@@ -66,6 +77,9 @@ def compress(
     if integer:
         lanes = portable.auto_lanes(len(images)) if lanes == "auto" else _check_int("lanes", lanes, 1, MAX_LANES)
         return portable.compress_lossless(model, images, latent_bits, lanes, model_id(model)[:16], progress)
+    if deep:
+        order = "bitswap" if order is None else order
+        return hierarchy.compress_deep(model, images, latent_bits, order, model_id(model)[:16], progress)
     return _compress_lossless(model, images, latent_bits, model_id(model)[:16], progress)
 
 
@@ -98,7 +112,7 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
             + ("the integer model that wrote it (vae_utils.shrink.load_weights)" if header.arithmetic == "integer"
                else "the float checkpoint that wrote it")
         )  # fmt: skip
-    if not integer and header.version != 1:
+    if not integer and header.version != 1 and not header.deep:
         raise CodecError(f"a float {header.mode} file is written in format version 1; this one says version "
                          f"{header.version}: it is corrupted, or was written by a later vae_utils")  # fmt: skip
     mid = model_id(model, decoder_only=integer and header.mode == "lossy")[:16]
@@ -107,7 +121,8 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
             f"the file was compressed with model {header.model_id.hex()}, but the given model is {mid.hex()}; "
             "decompress with the checkpoint that compressed it"
         )
-    needed = {"lossless-binary": "bernoulli", "lossless-8bit": "logistic_mixture"}.get(header.mode, model.likelihood)
+    needed = {"lossless-binary": "bernoulli", "lossless-8bit": "logistic_mixture", "lossless-binary-deep": "bernoulli",
+              "lossless-8bit-deep": "logistic_mixture"}.get(header.mode, model.likelihood)  # fmt: skip
     if model.likelihood != needed:
         raise CodecError(f"a {header.mode} file needs a {needed} model, got {model.likelihood}")
     payload = np.frombuffer(blob, dtype="<u4", offset=header.header_bytes, count=header.payload_bytes // 4)
@@ -115,6 +130,8 @@ def decompress(model, blob: bytes, *, progress: bool = False) -> np.ndarray:
     try:
         if integer:
             decode = portable.decode_lossy if header.mode == "lossy" else portable.decode_lossless
+        elif header.deep:
+            decode = hierarchy.decode_deep
         else:
             decode = _decode_lossy if header.mode == "lossy" else _decode_lossless
         return decode(model, header, payload, progress)

@@ -23,7 +23,7 @@ MAGIC = b"VAEC"
 FORMAT_VERSION = 2
 """The newest version; :func:`read_header` reads every version in :data:`READABLE_VERSIONS`."""
 READABLE_VERSIONS = (1, 2)
-MODES = ("lossless-binary", "lossless-8bit", "lossy")
+MODES = ("lossless-binary", "lossless-8bit", "lossy", "lossless-binary-deep", "lossless-8bit-deep")
 """The modes a file records, by index; :func:`compress` takes ``mode="lossless"`` or ``"lossy"`` and picks the
 first two from the model's likelihood. A new mode is appended here with its parameter block (version 2 files
 carry the block's length), so adding one needs no new format version."""
@@ -56,6 +56,11 @@ _HEADER_V2 = struct.Struct("<4sBBBx16sIHHH")  # ... then the parameter block and
 _LOSSLESS_PARAMS = struct.Struct("<B3xII")
 _LOSSLESS_PARAMS_V2 = struct.Struct("<BBxxI")  # ... then (stripped words, payload words) per lane
 _LANE = struct.Struct("<II")
+_DEEP_PARAMS = struct.Struct("<BBBxII")  # latent_bits, order, layers, 0, seed words, stripped words
+DEEP_ORDERS = ("bitswap", "bbans")
+"""The orders in which the ``-deep`` modes code a model's latent layers (:mod:`vae_utils.codec.hierarchy`)."""
+MAX_LAYERS = 16
+"""At most this many latent layers in a ``-deep`` file."""
 _LOSSY_PARAMS = struct.Struct("<dI")
 _LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
@@ -200,6 +205,13 @@ class Header:
     arithmetic: str = "float"
     lane_stripped: tuple[int, ...] = ()  # lossless, version 2: stripped seed words of each lane
     lane_words: tuple[int, ...] = ()  # lossless, version 2: each lane's payload words, in lane order
+    order: str = ""  # -deep modes: "bitswap" or "bbans", the order of the latent layers' pops and pushes
+    layers: int = 0  # -deep modes: the latent layers the coder codes (a mixture prior's component is one)
+
+    @property
+    def deep(self) -> bool:
+        """A model with a learned prior or several latent layers (Chapter 8): one stack, an order, layers."""
+        return self.mode.endswith("-deep")
 
     @property
     def lanes(self) -> int:
@@ -231,6 +243,9 @@ class Header:
     def _params(self) -> bytes:
         if self.mode == "lossy":
             return _LOSSY_PARAMS.pack(self.step, self.symbol_range)
+        if self.deep:
+            order = DEEP_ORDERS.index(self.order)
+            return _DEEP_PARAMS.pack(self.latent_bits, order, self.layers, self.seed_words, self.stripped_words)
         if self.version == 1:
             return _LOSSLESS_PARAMS.pack(self.latent_bits, self.seed_words, self.stripped_words)
         lanes = b"".join(_LANE.pack(s, w) for s, w in zip(self.lane_stripped, self.lane_words))
@@ -260,6 +275,9 @@ class Header:
         out.update(model_id=self.model_id[:16].hex(), n_images=self.n_images, shape=[self.height, self.width])
         if self.mode == "lossy":
             out.update(step=self.step, symbol_range=self.symbol_range)
+        elif self.deep:
+            out.update(order=self.order, layers=self.layers, latent_bits=self.latent_bits, seed_words=self.seed_words,
+                       stripped_words=self.stripped_words)  # fmt: skip
         elif self.version == 1:
             out.update(latent_bits=self.latent_bits, seed_words=self.seed_words, stripped_words=self.stripped_words)
         else:
@@ -370,6 +388,8 @@ def read_header(blob: bytes) -> Header:
         step, symbol_range = _LOSSY_PARAMS.unpack(params)
         _check_lossy(step, symbol_range)
         return Header(**common, step=step, symbol_range=symbol_range)
+    if mode.endswith("-deep"):
+        return _deep_header(common, params)
     if version == 1:
         if params[1:4] != b"\0\0\0":
             raise CodecError("the header's reserved bytes are not zero")
@@ -391,6 +411,25 @@ def read_header(blob: bytes) -> Header:
     if min(words) < 1 or sum(words) * 4 != payload_bytes:
         raise CodecError(f"the lanes' payload words {list(words)} do not add up to the {payload_bytes}-byte payload")
     return Header(**common, latent_bits=latent_bits, seed_words=seed_words, lane_stripped=stripped, lane_words=words)
+
+
+def _deep_header(common: dict, params: bytes) -> Header:
+    """The header of a ``-deep`` file, its parameter block checked (version 2 only, float arithmetic)."""
+    if common["version"] == 1:
+        raise CodecError(f"a {common['mode']} file is written in format version 2; this one says version 1")
+    if common["arithmetic"] != "float":
+        raise CodecError(f"a {common['mode']} file is written with float arithmetic, not {common['arithmetic']}")
+    if len(params) != _DEEP_PARAMS.size or params[3] != 0:
+        raise CodecError(f"a {common['mode']} header's parameter block has {_DEEP_PARAMS.size} bytes with byte 3 "
+                         f"zero; this one has {len(params)} bytes")  # fmt: skip
+    latent_bits, order, layers, seed_words, stripped = _DEEP_PARAMS.unpack(params)
+    _check_lossless(latent_bits, seed_words, [stripped])
+    if order >= len(DEEP_ORDERS):
+        raise CodecError(f"unknown order {order}; this vae_utils knows {dict(enumerate(DEEP_ORDERS))}")
+    if not 2 <= layers <= MAX_LAYERS:
+        raise CodecError(f"the header says {layers} latent layers; a {common['mode']} file has 2..{MAX_LAYERS}")
+    return Header(**common, latent_bits=latent_bits, seed_words=seed_words, stripped_words=stripped,
+                  order=DEEP_ORDERS[order], layers=layers)  # fmt: skip
 
 
 def initial_words(key: bytes, n: int) -> np.ndarray:
