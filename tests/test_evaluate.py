@@ -161,6 +161,47 @@ def test_shipped_checkpoints_are_all_documented():
         assert evaluate_command.split("python -m vae_utils.evaluate ")[1].startswith(f"checkpoints/{run.name}")
 
 
+def test_live_relus_counts_the_channels_that_fire(model_and_data):
+    model, x = model_and_data  # ReLU after each convolution, ELU after the dense layer
+    assert set(evaluate.live_relus(model, x)) == {"conv 1", "conv 2"}
+    dead = copy.deepcopy(model)
+    with torch.no_grad():  # the second convolution's channels 0 and 3 never fire: a large negative bias
+        dead.encoder[2].bias[[0, 3]] = -1e4
+    counts = evaluate.live_relus(dead, x, batch_size=7)
+    assert counts["conv 2"] == (evaluate.live_relus(model, x)["conv 2"][0] - 2, 8)
+    relu = ConvVAE(latent_dim=4, channels=(4, 8), hidden_dim=16, dense_activation="relu")
+    assert list(evaluate.live_relus(relu, x)) == ["conv 1", "conv 2", "dense 1"]
+    assert evaluate.live_relus(relu, x)["dense 1"][1] == 16
+    with pytest.raises(ValueError, match=r"shape \(B, 1, 28, 28\)"):
+        evaluate.live_relus(model, x[:, :, :20])
+
+
+def _metrics(nelbo, iwae=None, n=100):
+    test = {"n_images": n, "nelbo_nats": nelbo, "rate_nats": 20.0, "distortion_nats": nelbo - 20.0}
+    test |= {"psnr_db": 15.0, "ssim": 0.8}
+    if iwae is not None:
+        test |= {"iwae_k": 1000, "iwae_n_images": n // 2, "iwae_nll_nats": iwae, "nelbo_on_iwae_images_nats": nelbo - 1}
+    return {"parameters": 1234, "epochs_trained": 10, "epoch": 9, "train_seconds": 7200, "test": test}
+
+
+def test_metrics_table_lists_every_run_in_its_unit():
+    runs = {"a": _metrics(90.0, iwae=85.0), "b": _metrics(100.0)}
+    lines = evaluate.metrics_table(runs).splitlines()
+    assert max(len(line) for line in lines) <= 88  # fits the website's code column
+    assert lines[1].split() == ["a", "1,234", "10", "9", "2.00", "90.00", "20.00", "70.00", "15.00", "0.800"]
+    assert lines[2].split()[0] == "b" and len(lines) == 6  # header, 2 runs, blank, header, 1 IWAE row
+    assert lines[5].split() == ["a", "50", "1000", "89.00", "85.00", "4.00"]
+    bits = evaluate.metrics_table({"a": _metrics(1 / nats_to_bits_per_dim(1.0))}, unit="bits/dim").splitlines()
+    assert bits[1].split()[5] == "1.0000" and len(bits) == 2  # no IWAE: no second table
+
+
+def test_metrics_table_bad_input():
+    with pytest.raises(ValueError, match="unit must be 'nats' or 'bits/dim', got 'bits'"):
+        evaluate.metrics_table({"a": _metrics(90.0)}, unit="bits")
+    with pytest.raises(ValueError, match=r"runs \['b'\] have no 'test' metrics"):
+        evaluate.metrics_table({"a": _metrics(90.0), "b": {"epoch": 3}})
+
+
 def test_iwae_decodes_many_samples_per_call_and_gets_the_same_numbers(model_and_data):
     """A GPU decodes all k samples of a batch in one call; on the CPU that gives the 32-at-a-time numbers
     up to rounding, and the CPU default is exactly the arithmetic of calling iwae_bound batch by batch."""

@@ -202,6 +202,26 @@ def test_help_says_how_to_train_the_shipped_model_and_that_way_works():
     assert (config.encoder_dense_layers, config.lr_warmup_epochs, config.epochs) == (2, 1.0, 150)
 
 
+def test_read_log_returns_the_history_as_typed_columns(tmp_path):
+    history = train.Trainer(tiny_config(tmp_path, epochs=2)).fit()
+    log = train.read_log(tmp_path / "run")
+    assert set(log) == set(train.Trainer.LOG_FIELDS)
+    assert log["epoch"] == [1, 2] and all(type(step) is int for step in log["step"])
+    assert log["val_nelbo"] == pytest.approx([row["val_nelbo"] for row in history])
+    assert train.read_log(tmp_path / "run" / "log.csv") == log  # the file itself works too
+
+
+def test_read_log_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no training log at .*log.csv: give a run folder"):
+        train.read_log(tmp_path)
+    (tmp_path / "log.csv").write_text("name,value\na,1\n")
+    with pytest.raises(ValueError, match="is not a training log: its header .* has no 'epoch' column"):
+        train.read_log(tmp_path)
+    (tmp_path / "log.csv").write_text("epoch,val_nelbo\n1,90.5\n2,oops\n")
+    with pytest.raises(ValueError, match="column 'val_nelbo' holds a value that is not a number"):
+        train.read_log(tmp_path / "log.csv")
+
+
 def test_the_functions_chapter_4_prints_fit_the_code_column():
     import inspect
     import textwrap

@@ -157,28 +157,48 @@ def _split_mixture(params: object, x: torch.Tensor | None = None) -> tuple[torch
     return F.log_softmax(logits, dim=1), means, log_scales.clamp(min=MIN_LOG_SCALE)
 
 
-def _logistic_bin_log_prob(k: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(level k) under one discretized logistic; ``k`` (long) broadcasts against ``mean`` and ``log_scale``."""
+def _logistic_bin_log_prob(
+    k: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """log P(level k) under one discretized logistic; ``k`` (long) broadcasts
+    against ``mean`` and ``log_scale``."""
     centre = 2 * k.to(mean.dtype) / 255 - 1
     inv_scale = torch.exp(-log_scale)
     upper = inv_scale * (centre - mean + 1 / 255)  # the bin's edges, standardized
     lower = inv_scale * (centre - mean - 1 / 255)
     width = inv_scale * (2 / 255)  # = upper - lower
-    # log(sigmoid(upper) - sigmoid(lower)) without subtracting two numbers that are both close to 0 or to 1:
-    # sigmoid(u) - sigmoid(l) = sigmoid(u) * sigmoid(-l) * (1 - exp(l - u)), exact and finite in every tail.
-    log_mass = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-width.clamp(min=1e-5)))
-    # A bin far narrower than the scale (width -> 0 underflows the line above): density at the centre * bin width.
+    # log(sigmoid(upper) - sigmoid(lower)), without subtracting two numbers that are
+    # both close to 0 or to 1: sigmoid(u) - sigmoid(l)
+    # = sigmoid(u) * sigmoid(-l) * (1 - exp(l - u)), exact and finite in every tail.
+    log_mass = (
+        F.logsigmoid(upper)
+        + F.logsigmoid(-lower)
+        + torch.log(-torch.expm1(-width.clamp(min=1e-5)))
+    )
+    # A bin far narrower than the scale (the width underflows the line above):
+    # the density at the bin's centre times the bin's width.
     middle = inv_scale * (centre - mean)
-    log_density_mass = middle - log_scale - 2 * F.softplus(middle) + math.log(2 / 255)
+    log_density_mass = (
+        middle - log_scale - 2 * F.softplus(middle) + math.log(2 / 255)
+    )
     log_mass = torch.where(width > 1e-5, log_mass, log_density_mass)
-    return torch.where(k == 0, F.logsigmoid(upper), torch.where(k == 255, F.logsigmoid(-lower), log_mass))
+    # Levels 0 and 255 also own the tails: P(y < upper edge), P(y > lower edge).
+    return torch.where(
+        k == 0,
+        F.logsigmoid(upper),
+        torch.where(k == 255, F.logsigmoid(-lower), log_mass),
+    )
 
 
-def discretized_logistic_mixture_log_likelihood(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x | z) in nats, ``(B,)``, for 8-bit ``x: (B, 1, H, W)`` = k/255 and ``params: (B, 3K, H, W)``."""
+def discretized_logistic_mixture_log_likelihood(
+    params: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """log p(x | z) in nats, ``(B,)``, for 8-bit ``x: (B, 1, H, W)`` = k/255 and
+    ``params: (B, 3K, H, W)``."""
     k = _check_8bit(x)
     log_weights, means, log_scales = _split_mixture(params, x)
-    log_px = torch.logsumexp(log_weights + _logistic_bin_log_prob(k, means, log_scales), dim=1)
+    log_p = log_weights + _logistic_bin_log_prob(k, means, log_scales)  # (B, K, H, W)
+    log_px = torch.logsumexp(log_p, dim=1)  # the mixture, pixel by pixel
     return log_px.sum(dim=(1, 2))
 
 

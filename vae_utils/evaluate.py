@@ -138,6 +138,80 @@ def per_class_mean(values: torch.Tensor, labels) -> dict[int, float]:
     return {int(c): values[labels == c].double().mean().item() for c in labels.unique()}
 
 
+@torch.no_grad()
+def live_relus(
+    model: VAE, x: torch.Tensor, batch_size: int = 500
+) -> dict[str, tuple[int, int]]:
+    """How many channels (after a convolution) or units (after a dense layer) of each
+    ReLU in the encoder are non-zero for at least one image of ``x``:
+    ``{"conv 1": (live, total), ...}``. Layers with other activations are left out.
+
+    A ReLU that is zero for every input passes no gradient back: it is dead, and
+    nothing in training revives it (Chapter 4).
+    """
+    model.eval()
+    names, numbered, name = [], {"conv": 0, "dense": 0}, None
+    for layer in model.encoder:  # name each ReLU after the layer before it
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            kind = "conv" if isinstance(layer, torch.nn.Conv2d) else "dense"
+            numbered[kind] += 1
+            name = f"{kind} {numbered[kind]}"
+        names.append(name if isinstance(layer, torch.nn.ReLU) else None)
+    live = {}
+    for h in _batches(model._check_x(x), batch_size, False, "ReLUs"):
+        for layer, name in zip(model.encoder, names):
+            h = layer(h)
+            if name is not None:  # the largest output of each channel or unit
+                peak = h.amax(dim=(0, 2, 3)) if h.ndim == 4 else h.amax(dim=0)
+                live[name] = live[name] | (peak > 0) if name in live else peak > 0
+    return {name: (int(fired.sum()), len(fired)) for name, fired in live.items()}
+
+
+def metrics_table(runs: dict[str, dict], unit: str = "nats") -> str:
+    """The test metrics of several runs as a text table, one row per run (Chapter 5).
+
+    ``runs`` maps a run's name to what :func:`evaluate_run` wrote (its metrics.json);
+    ``unit`` is ``"nats"`` (per image) or ``"bits/dim"``. A second table gives the IWAE
+    NLL with the -ELBO of the same images, where a run has one.
+    """
+    if unit not in ("nats", "bits/dim"):
+        raise ValueError(f"unit must be 'nats' or 'bits/dim', got {unit!r}")
+    missing = [name for name, m in runs.items() if not isinstance(m, dict) or "test" not in m]
+    if missing:
+        raise ValueError(
+            f"runs {missing} have no 'test' metrics; pass the dicts that evaluate_run "
+            "writes to metrics.json (python -m vae_utils.evaluate RUN)"
+        )
+    scale = 1.0 if unit == "nats" else nats_to_bits_per_dim(1.0)
+    digits = 2 if unit == "nats" else 4
+    lines = [
+        f"{'run':15s} {'parameters':>10s} {'epochs':>6s} {'best':>4s} {'hours':>5s} "
+        f"{'-ELBO':>8s} {'rate':>7s} {'distortion':>10s} {'PSNR':>5s} {'SSIM':>5s}"
+    ]
+    for name, m in runs.items():
+        test = m["test"]
+        hours = m["train_seconds"] / 3600 if "train_seconds" in m else math.nan
+        lines.append(
+            f"{name:15s} {m.get('parameters', 0):10,d} {m.get('epochs_trained', 0):6d} "
+            f"{m.get('epoch') or 0:4d} {hours:5.2f} "
+            f"{test['nelbo_nats'] * scale:8.{digits}f} {test['rate_nats'] * scale:7.{digits}f} "
+            f"{test['distortion_nats'] * scale:10.{digits}f} {test['psnr_db']:5.2f} "
+            f"{test['ssim']:5.3f}"
+        )
+    with_iwae = {name: m["test"] for name, m in runs.items() if "iwae_nll_nats" in m["test"]}
+    if with_iwae:
+        lines += ["", f"{'run':15s} {'images':>6s} {'k':>5s} {'-ELBO':>8s} {'IWAE NLL':>8s} {'gap':>7s}"]
+    for name, test in with_iwae.items():
+        n = test.get("iwae_n_images", test["n_images"])
+        nelbo = test.get("nelbo_on_iwae_images_nats", test["nelbo_nats"]) * scale
+        nll = test["iwae_nll_nats"] * scale
+        lines.append(
+            f"{name:15s} {n:6,d} {test['iwae_k']:5d} {nelbo:8.{digits}f} {nll:8.{digits}f} "
+            f"{nelbo - nll:7.{digits}f}"
+        )
+    return "\n".join(lines)
+
+
 def evaluate(
     model: VAE,
     x: torch.Tensor,

@@ -652,6 +652,34 @@ class Trainer:
         os.replace(tmp, self.out / "log.csv")
 
 
+def read_log(run: str | Path) -> dict[str, list]:
+    """A run's ``log.csv`` as columns: ``{"epoch": [1, 2, ...], "val_nelbo": [...], ...}``.
+
+    ``run`` is a folder written by ``python -m vae_utils.train`` or its ``log.csv``. ``epoch``
+    and ``step`` come back as ints, every other column as floats, so that
+    ``plt.plot(log["epoch"], log["val_nelbo"])`` or ``min(log["val_nelbo"])`` work directly.
+    """
+    path = Path(run)
+    path = path / "log.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no training log at {path}: give a run folder written by python -m vae_utils.train, or its log.csv"
+        )
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        rows, fields = list(reader), reader.fieldnames or []
+    if "epoch" not in fields:
+        raise ValueError(f"{path} is not a training log: its header {fields} has no 'epoch' column")
+    columns = {}
+    for name in fields:
+        convert = int if name in ("epoch", "step") else float
+        try:
+            columns[name] = [convert(row[name]) for row in rows]
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: column {name!r} holds a value that is not a number") from None
+    return columns
+
+
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
