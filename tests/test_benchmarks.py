@@ -1,11 +1,16 @@
 """The benchmarks whose results files the chapters read: architecture.py writes its file and continues
-instead of repeating runs it already has; batching.py writes both speeds and their ratio."""
+instead of repeating runs it already has; batching.py writes both speeds and their ratio; the two training
+studies of Chapter 4 (collapse.py, beta_sweep.py) run the command line tool with the chapter's settings, and
+their shipped results files hold the full design."""
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
 import pytest
+
+from vae_utils import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,3 +70,49 @@ def test_batching_writes_both_speeds_and_their_ratio(tmp_path):
     assert set(speeds) == {"DataLoader", "DeviceBatches"} and min(speeds.values()) > 0
     assert stored["speedup"] == pytest.approx(speeds["DeviceBatches"] / speeds["DataLoader"])
     assert stored["images"] == 50_000 and stored["batch_size"] == 128
+
+
+def cli_config(argv: list[str]) -> train.TrainConfig:
+    """The TrainConfig that ``python -m vae_utils.train`` builds from a script's command."""
+    assert argv[1:3] == ["-m", "vae_utils.train"]
+    return train.config_from_args(train.build_parser().parse_args(argv[3:]))
+
+
+def test_collapse_runs_the_short_run_of_chapter_4_with_the_cli():
+    collapse = load_script("collapse")
+    config = cli_config(collapse.command("relu", 3, 3e-3, 4, "runs/x"))
+    chapter = train.TrainConfig(train_subset=3000, val_subset=1000, epochs=8, batch_size=64, lr=3e-3,
+                                kl_warmup_epochs=3, seed=4, dense_activation="relu", out="runs/x",
+                                progress=False)
+    assert config == chapter
+
+
+def test_beta_sweep_runs_the_sweep_of_chapter_4_with_the_cli():
+    sweep = load_script("beta_sweep")
+    config = cli_config(sweep.command(0.5, 50, 2, "runs/y"))
+    chapter = train.TrainConfig(model="fc", latent_dim=32, hidden_dim=256, train_subset=10_000, val_subset=1000,
+                                epochs=50, batch_size=128, lr=3e-3, kl_warmup_epochs=0, beta=0.5, seed=2,
+                                out="runs/y", progress=False)
+    assert config == chapter
+
+
+def test_the_collapse_results_hold_every_design_and_seed():
+    study = json.loads((ROOT / "benchmarks" / "results" / "collapse.json").read_text())
+    threshold = study["settings"]["collapsed_when_final_val_rate_below_nats"]
+    cells = {(r["lr"], r["activation"], r["kl_warmup_epochs"], r["seed"]) for r in study["runs"]}
+    assert cells == set(itertools.product([3e-3, 2e-3], ["relu", "elu"], [0, 3], range(5)))
+    for run in study["runs"]:
+        assert len(run["val_rate"]) == len(run["val_nelbo"]) == study["settings"]["epochs"]
+        assert run["final_val_rate"] == run["val_rate"][-1]
+        assert run["collapsed"] == (run["final_val_rate"] < threshold)
+        assert run["final_val_nelbo"] == pytest.approx(run["final_val_rate"] + run["final_val_distortion"])
+
+
+def test_the_beta_sweep_results_hold_every_beta_length_and_seed():
+    sweep = json.loads((ROOT / "benchmarks" / "results" / "beta_sweep.json").read_text())
+    cells = {(r["epochs"], r["seed"], r["beta"]) for r in sweep["runs"]}
+    assert cells == set(itertools.product([5, 50], range(3), [0.25, 0.5, 1, 2, 4, 8]))
+    for run in sweep["runs"]:
+        assert run["nelbo"] == pytest.approx(run["rate"] + run["distortion"])
+        assert len(run["unit_rates"]) == sweep["settings"]["latent_dim"]
+        assert run["units_over_0.1_nats"] == sum(rate > 0.1 for rate in run["unit_rates"])
