@@ -95,6 +95,21 @@ def recrc(blob: bytes) -> bytes:
     return blob[:-4] + struct.pack("<I", zlib.crc32(blob[:-4]))
 
 
+def mutated(blob: bytes, draw) -> bytes:
+    """1 to 4 random byte edits (set, insert, delete) of ``blob``, its CRC then fixed or not."""
+    blob = bytearray(blob)
+    for _ in range(draw.draw(st.integers(1, 4), label="edits")):
+        position = draw.draw(st.integers(0, len(blob) - 1), label="position")
+        action = draw.draw(st.sampled_from(["set", "insert", "delete"]), label="action")
+        if action == "set":
+            blob[position] = draw.draw(st.integers(0, 255), label="byte")
+        elif action == "insert":
+            blob.insert(position, draw.draw(st.integers(0, 255), label="byte"))
+        elif len(blob) > 1:
+            del blob[position]
+    return recrc(bytes(blob)) if draw.draw(st.booleans(), label="fix crc") and len(blob) >= 4 else bytes(blob)
+
+
 def with_header(blob: bytes, **fields) -> bytes:
     """A valid file's payload under a header with some fields changed, CRC recomputed."""
     header = dataclasses.replace(codec.read_header(blob), **fields)
@@ -361,17 +376,7 @@ def test_fuzz_arbitrary_bytes(binary_model, blob):
 def test_fuzz_mutations_of_a_valid_file(small_files, binary_model, draw):
     """Random edits (and the CRC fixed or not): the original images back, or a CodecError; nothing else."""
     files, images = small_files
-    blob = bytearray(files[draw.draw(st.sampled_from(sorted(files)), label="mode")])
-    for _ in range(draw.draw(st.integers(1, 4), label="edits")):
-        position = draw.draw(st.integers(0, len(blob) - 1), label="position")
-        action = draw.draw(st.sampled_from(["set", "insert", "delete"]), label="action")
-        if action == "set":
-            blob[position] = draw.draw(st.integers(0, 255), label="byte")
-        elif action == "insert":
-            blob.insert(position, draw.draw(st.integers(0, 255), label="byte"))
-        elif len(blob) > 1:
-            del blob[position]
-    candidate = recrc(bytes(blob)) if draw.draw(st.booleans(), label="fix crc") and len(blob) >= 4 else bytes(blob)
+    candidate = mutated(files[draw.draw(st.sampled_from(sorted(files)), label="mode")], draw)
     try:
         decoded = codec.decompress(binary_model, candidate)
     except codec.CodecError:
@@ -709,17 +714,7 @@ def test_fuzz_mutations_of_a_deep_file(deep_files, draw):
     """Random edits of a -deep file (CRC fixed or not): the original images back, or a CodecError."""
     files, models, images = deep_files
     kind = draw.draw(st.sampled_from(sorted(files)), label="kind")
-    blob = bytearray(files[kind])
-    for _ in range(draw.draw(st.integers(1, 4), label="edits")):
-        position = draw.draw(st.integers(0, len(blob) - 1), label="position")
-        action = draw.draw(st.sampled_from(["set", "insert", "delete"]), label="action")
-        if action == "set":
-            blob[position] = draw.draw(st.integers(0, 255), label="byte")
-        elif action == "insert":
-            blob.insert(position, draw.draw(st.integers(0, 255), label="byte"))
-        elif len(blob) > 1:
-            del blob[position]
-    candidate = recrc(bytes(blob)) if draw.draw(st.booleans(), label="fix crc") and len(blob) >= 4 else bytes(blob)
+    candidate = mutated(files[kind], draw)
     try:
         decoded = codec.decompress(models[kind], candidate)
     except codec.CodecError:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_codec import train_tiny  # the same small trained models as the codec tests
+from test_codec import binary_model, mixture_model, train_tiny  # noqa: F401 - the codec tests' fixtures
 
 from vae_utils import codec, data, shrink
 from vae_utils.elbo import likelihood_mean
@@ -38,16 +38,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def binary_model():
-    return train_tiny("bernoulli", steps=100)
-
-
-@pytest.fixture(scope="module")
-def mixture_model():
-    return train_tiny("logistic_mixture", steps=60)
 
 
 @pytest.fixture(scope="module")
